@@ -1,0 +1,44 @@
+# MedSeg developer entry points. `make demo` and `make test` set everything up first
+# (idempotent: re-running only reinstalls when pyproject.toml changed).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.medseg-setup-stamp
+APT_PACKAGES := dcm2niix
+
+.PHONY: setup demo test lint bench clean system-packages
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the CPU wheel from this machine's disk; unpinned it pulls a CUDA build.
+	$(VPY) -m pip install --quiet torch==2.13.0
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian tools the tests and benchmarks compare against (needs root; skipped when already present).
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "note: Debian packages missing ($$missing); install them with sudo apt-get install -y$$missing"; fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/medseg demo --out medseg-demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup system-packages
+	$(VENV)/bin/ruff check .
+	$(VPY) -m pytest -q
+
+bench: setup system-packages
+	for b in Testing/benchmarks/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info medseg-demo .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""DICOM support for MedSeg: a CTK-compatible database, header indexing, series loading."""
