@@ -121,7 +121,8 @@ def render(layers: List[Layer]) -> List[bytes]:
                             acc[i] += color[i] * alpha
                         acc[3] += alpha
             if acc[3] > 0:
-                row += bytes(int(round(acc[i] / acc[3])) for i in range(3)) + bytes([int(round(255 * acc[3] / samples))])
+                coverage = int(round(255 * acc[3] / samples))
+                row += bytes(int(round(acc[i] / acc[3])) for i in range(3)) + bytes([coverage])
             else:
                 row += b"\x00\x00\x00\x00"
         rows.append(bytes(row))

@@ -99,7 +99,9 @@ def load_markups(path: PathLike, scene: Any = None) -> Any:
     path = _require_file(path)
     scene = resolve_scene(scene)
     storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
-    node_class = storage.GetMarkupsTypeStringFromFile(str(path)) if hasattr(storage, "GetMarkupsTypeStringFromFile") else ""
+    node_class = (
+        storage.GetMarkupsTypeStringFromFile(str(path)) if hasattr(storage, "GetMarkupsTypeStringFromFile") else ""
+    )
     class_name = {
         "Fiducial": "vtkMRMLMarkupsFiducialNode",
         "Line": "vtkMRMLMarkupsLineNode",

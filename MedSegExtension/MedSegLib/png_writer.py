@@ -34,8 +34,11 @@ def encode_png(image: np.ndarray) -> bytes:
     raw = np.zeros((rows, 1 + cols * channels), dtype=np.uint8)  # filter byte 0 per row
     raw[:, 1:] = image.reshape(rows, cols * channels)
     header = struct.pack(">IIBBBBB", cols, rows, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + _chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + _chunk(b"IEND", b"")
     )
 
 

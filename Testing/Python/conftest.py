@@ -32,5 +32,7 @@ def scene(runtime):
 def shared_data() -> Path:
     """The read-only real-scanner data folder; tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (real scanner data is only on development machines and CI)")
+        pytest.skip(
+            f"shared data not found at {SHARED_DATA} (real scanner data is only on development machines and CI)"
+        )
     return SHARED_DATA

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Dict
 
+from MedSegLib.errors import UserInputError
 from MedSegLib.progress import StepProgress
 
 DEFAULT_OUTPUT = Path("medseg-demo")
@@ -21,8 +22,13 @@ DEFAULT_OUTPUT = Path("medseg-demo")
 def run_demo(output_dir: Path, seed: int = 0, quiet: bool = False) -> Dict[str, object]:
     """Run the demo into ``output_dir``; returns a summary (paths and timings)."""
     from MedSegLib.dicom.mrml import load_dicom_folder_into_scene
-    from MedSegLib.display_slices import display_pixel_spacing, display_slice, resample_to_square_pixels
-    from MedSegLib.display_slices import slice_count, window_to_uint8
+    from MedSegLib.display_slices import (
+        display_pixel_spacing,
+        display_slice,
+        resample_to_square_pixels,
+        slice_count,
+        window_to_uint8,
+    )
     from MedSegLib.node_io import save_scene_bundle
     from MedSegLib.png_writer import write_png
     from MedSegLib.runtime import boot
@@ -30,6 +36,8 @@ def run_demo(output_dir: Path, seed: int = 0, quiet: bool = False) -> Dict[str, 
     from MedSegLib.volume_nodes import array_and_ijk_to_ras
 
     started = time.perf_counter()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserInputError("output exists and is not a folder", output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     steps = StepProgress(["phantom DICOM", "load into scene", "render PNG", "save scene"], disable=quiet)
     runtime = boot()
@@ -83,7 +91,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the main job on built-in sample data")
-    parser.add_argument("-o", "--output", "--out", default=str(DEFAULT_OUTPUT), help="output folder (default %(default)s)")
+    parser.add_argument(
+        "-o", "--output", "--out", default=str(DEFAULT_OUTPUT), help="output folder (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="phantom random seed (deterministic output)")
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     parser.set_defaults(func=run_demo_command)

@@ -13,13 +13,28 @@ not handle (big endian, deflated) fall back to pydicom.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import struct
 import sys
 import time
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from MedSegLib.dicom.database import (
+    STATUS_DUPLICATE,
+    STATUS_FAILED,
+    STATUS_INDEXED,
+    STATUS_NON_DICOM,
+    dicom_date_to_iso,
+    dicom_int,
+    human_readable_patient_name,
+    now_timestamp,
+)
+
+if TYPE_CHECKING:
+    from MedSegLib.dicom.database import DicomDatabase
 
 # --------------------------------------------------------------------------------------
 # Tags cached per instance (TagCache keys are "GGGG,EEEE", upper-case hex, as CTK writes them)
@@ -117,6 +132,10 @@ _MAX_DATASET_TAG = max(t for t in _TAG_INT if t >> 16 != 0x0002)
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _CHUNK = 32768
+_SHORT_VRS = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS"}
+    | {b"ST", b"TM", b"UI", b"UL", b"US"}
+)
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -125,8 +144,13 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _SIMPLE_CHARSETS = ("", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6")
+_STRIP_BOTH = frozenset({"DS", "IS", "AE"})
+_STRIP_EACH = frozenset({"LO", "SH", "UC"})
 _CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 _unpack_from = struct.unpack_from
+_S_EXPLICIT = struct.Struct("<HH2sH").unpack_from
+_S_IMPLICIT = struct.Struct("<HHI").unpack_from
+_S_U32 = struct.Struct("<I").unpack_from
 
 
 class NotDicomError(Exception):
@@ -227,29 +251,29 @@ def _decode_text(raw: bytes, vr: str, charset: str) -> str:
         if charset == "ISO_IR 192":
             text = raw.decode("utf-8", "replace")
         else:
-            from pydicom.charset import decode_bytes, convert_encodings
+            from pydicom.charset import convert_encodings, decode_bytes
             from pydicom.values import TEXT_VR_DELIMS
 
             text = decode_bytes(raw, convert_encodings(charset.split("\\")), TEXT_VR_DELIMS)
     else:
         text = raw.decode("latin-1")
-    if vr in ("DS", "IS", "AE"):
+    if vr in _STRIP_BOTH:
+        if "\\" not in text:
+            return text.strip()
         return "\\".join(part.strip() for part in text.split("\\"))
-    if vr in ("LO", "SH", "UC"):
+    if vr in _STRIP_EACH and "\\" in text:
         return "\\".join(part.rstrip("\x00 ") for part in text.split("\\"))
     return text.rstrip(" \x00")
 
 
 def _convert(raw: bytes, vr: str, charset: str) -> str:
     """Convert one element value to the string pydicom shows (numbers via Python's ``str``)."""
-    if not raw:
-        return ""
     fmt = _BINARY_FORMATS.get(vr)
     if fmt is None:
         return _decode_text(raw, vr, charset)
     size = struct.calcsize(fmt)
     count = len(raw) // size
-    values = struct.unpack("<%d%s" % (count, fmt), raw[: count * size])
+    values = struct.unpack(f"<{count}{fmt}", raw[: count * size])
     return "\\".join(str(v) for v in values)
 
 
@@ -331,41 +355,58 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
         implicit = not looks_explicit  # pydicom also trusts the bytes over the meta header here
     has_pixel_data = False
     wanted = _TAG_INT
-    while pos + 8 <= size:
-        buf, off = reader.at(pos, 12 if pos + 12 <= size else 8)
-        group, elem = _unpack_from("<HH", buf, off)
-        tag = group << 16 | elem
+    limit = _MAX_DATASET_TAG
+    shortcut_tried = False
+    long_vrs = _LONG_VRS
+    short_vrs = _SHORT_VRS
+    unpack_explicit = _S_EXPLICIT
+    unpack_implicit = _S_IMPLICIT
+    unpack_u32 = _S_U32
+    buf = reader.buf
+    bstart = reader.start
+    blen = len(buf)
+    while True:
+        off = pos - bstart
+        if off < 0 or off + 12 > blen:
+            if pos + 8 > size:
+                break
+            buf, off = reader.at(pos, 12 if pos + 12 <= size else 8)
+            bstart = reader.start
+            blen = len(buf)
         if implicit:
-            length = _unpack_from("<I", buf, off + 4)[0]
+            group, elem, length = unpack_implicit(buf, off)
             header = 8
             vr_bytes = b""
         else:
-            vr_bytes = buf[off + 4 : off + 6]
-            if vr_bytes in _LONG_VRS:
-                length = _unpack_from("<I", buf, off + 8)[0]
+            group, elem, vr_bytes, length = unpack_explicit(buf, off)
+            if vr_bytes in long_vrs:
+                length = unpack_u32(buf, off + 8)[0]
                 header = 12
-            elif _is_vr(vr_bytes):
-                length = _unpack_from("<H", buf, off + 6)[0]
+            elif vr_bytes in short_vrs:
                 header = 8
             else:
                 raise DicomReadError(f"corrupt element ({group:04X},{elem:04X}) at byte {pos}: invalid VR")
-        if group == 0x7FE0 and tag in _PIXEL_TAGS:
-            has_pixel_data = True
-            if length == UNDEFINED_LENGTH:
-                try:
-                    _skip_undefined(reader, pos + header, True)
-                except DicomReadError as error:
-                    raise DicomReadError(f"truncated pixel data (encapsulated fragments): {error}") from None
-            elif pos + header + length > size:
-                raise DicomReadError(
-                    f"truncated pixel data: (7FE0,{elem:04X}) declares {length} bytes, "
-                    f"{max(0, size - pos - header)} remain"
-                )
-            break
+        tag = group << 16 | elem
+        if tag > limit:
+            if tag in _PIXEL_TAGS:
+                has_pixel_data = True
+                _check_pixel_element(reader, pos, header, length, elem)
+                break
+            if tag > 0x7FE00010:
+                break  # past Pixel Data (padding, signatures): nothing left to find
+            if not shortcut_tried:
+                shortcut_tried = True
+                if _find_pixel_data(reader, pos, implicit):
+                    has_pixel_data = True
+                    break
+                limit = 0x7FE00007
+                buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
+                continue
         if group == 0xFFFE:
             raise DicomReadError(f"corrupt data set: item tag (FFFE,{elem:04X}) at top level, byte {pos}")
         if length == UNDEFINED_LENGTH:
             pos = _skip_undefined(reader, pos + header, implicit or vr_bytes == b"UN")
+            buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
             continue
         end = pos + header + length
         if end > size:
@@ -377,8 +418,13 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
             vr = vr_bytes.decode("ascii") if vr_bytes else dict_vr
             if vr in ("UN", "OB", "OW"):
                 vr = dict_vr
-            vbuf, voff = reader.at(pos + header, length)
-            raw_values[tag] = (vbuf[voff : voff + length], vr)
+            vstart = off + header
+            if vstart + length <= blen:
+                raw_values[tag] = (buf[vstart : vstart + length], vr)
+            else:
+                vbuf, voff = reader.at(pos + header, length)
+                raw_values[tag] = (vbuf[voff : voff + length], vr)
+                buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
         pos = end
     charset = ""
     if 0x00080005 in raw_values:
@@ -388,10 +434,77 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
     if transfer_syntax:
         values["0002,0010"] = transfer_syntax
     for tag, (raw, vr) in raw_values.items():
+        if not raw:
+            continue
         text = _convert(raw, vr, charset)
         if text:
             values[wanted[tag][0]] = text
     return HeaderRecord(values, has_pixel_data, media_sop_instance)
+
+
+def _check_pixel_element(reader: _Reader, pos: int, header: int, length: int, elem: int) -> None:
+    """Pixel data must be complete: a defined length must fit in the file, fragments must end."""
+    size = reader.size
+    if length == UNDEFINED_LENGTH:
+        try:
+            _skip_undefined(reader, pos + header, True)
+        except DicomReadError as error:
+            raise DicomReadError(f"truncated pixel data (encapsulated fragments): {error}") from None
+    elif pos + header + length > size:
+        raise DicomReadError(
+            f"truncated pixel data: (7FE0,{elem:04X}) declares {length} bytes, {max(0, size - pos - header)} remain"
+        )
+
+
+_PIXEL_TAG_BYTES = b"\xe0\x7f\x10\x00"
+_SEARCH_LIMIT = 4 * 1024 * 1024
+
+
+def _find_pixel_data(reader: _Reader, pos: int, implicit: bool) -> Optional[bool]:
+    """Shortcut past the last cached tag: locate the (7FE0,0010) header by its bytes and check it.
+
+    Walking the private groups (Siemens CSA, GE 0043) element by element costs more than the rest of the
+    header. A candidate counts only if its VR/length are consistent with being the last element; anything
+    doubtful returns ``None`` and the caller walks element by element (exact, slower).
+    """
+    size = reader.size
+    search_from = pos
+    while search_from < size and search_from - pos < _SEARCH_LIMIT:
+        buf, off = reader.at(search_from, min(_CHUNK, size - search_from))
+        idx = buf.find(_PIXEL_TAG_BYTES, off)
+        if idx < 0:
+            if reader.start + len(buf) >= size:
+                return None  # no Pixel Data bytes at all: let the exact walk decide (rare)
+            search_from = reader.start + len(buf) - 3
+            continue
+        cand = reader.start + idx
+        if cand + 12 > size:
+            return None
+        cbuf, coff = reader.at(cand, 12)
+        if implicit:
+            length = _unpack_from("<I", cbuf, coff + 4)[0]
+            header = 8
+        else:
+            vr = cbuf[coff + 4 : coff + 6]
+            if vr not in (b"OB", b"OW") or cbuf[coff + 6 : coff + 8] != b"\x00\x00":
+                search_from = cand + 1
+                continue
+            length = _unpack_from("<I", cbuf, coff + 8)[0]
+            header = 12
+        remaining = size - cand - header
+        if length == UNDEFINED_LENGTH:
+            if implicit:
+                return None
+            _check_pixel_element(reader, cand, header, length, 0x0010)
+            return True
+        if length == remaining:
+            return True
+        if length > remaining:
+            if implicit:
+                return None
+            _check_pixel_element(reader, cand, header, length, 0x0010)
+        search_from = cand + 1
+    return None
 
 
 def _read_with_pydicom(path: str, transfer_syntax: str, media_sop_instance: str) -> HeaderRecord:
@@ -404,7 +517,8 @@ def _read_with_pydicom(path: str, transfer_syntax: str, media_sop_instance: str)
     except InvalidDicomError as error:
         raise NotDicomError(str(error).splitlines()[0]) from None
     except Exception as error:  # noqa: BLE001 - any parser failure is a per-file report, never fatal
-        raise DicomReadError(f"unreadable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise DicomReadError(f"unreadable ({type(error).__name__}: {first_line})") from None
     values = {"0002,0010": transfer_syntax}
     for tag_int, (key, _vr) in _TAG_INT.items():
         if tag_int >> 16 == 0x0002:
@@ -428,3 +542,524 @@ def element_to_string(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("latin-1").rstrip(" \x00")
     return str(value)
+
+
+def read_tag_from_file(path: str, tag: str) -> Optional[str]:
+    """Any tag's value from a file with pydicom (for tags outside the cache); None if unreadable."""
+    import pydicom
+
+    try:
+        group, element = (int(part, 16) for part in tag.split(","))
+    except ValueError:
+        return None
+    tag_int = group << 16 | element
+    try:
+        if group == 0x0002:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[])
+            elem = ds.file_meta.get(tag_int)
+        else:
+            ds = pydicom.dcmread(path, stop_before_pixels=tag_int < 0x7FE00000, specific_tags=[tag_int])
+            elem = ds.get(tag_int)
+    except Exception:  # noqa: BLE001 - CTK answers "" for unreadable files
+        return None
+    if elem is None:
+        return ""
+    try:
+        return element_to_string(elem.value)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# Folder walk and parallel parsing
+# --------------------------------------------------------------------------------------
+
+#: (path, size, mtime_ns)
+FileEntry = Tuple[str, int, int]
+#: (path, size, mtime_ns, kind, payload); kind "ok" -> (values, has_pixel_data, media_sop_uid); else reason
+ParseResult = Tuple[str, int, int, str, object]
+
+KIND_OK = "ok"
+KIND_NON_DICOM = "non-dicom"
+KIND_FAILED = "failed"
+
+
+def walk_files(paths: Sequence[str], exclude: Optional[str] = None) -> Iterator[FileEntry]:
+    """Every regular file under the given files/folders (recursive, sorted, symlinked folders not followed)."""
+    exclude_norm = os.path.normcase(os.path.abspath(exclude)) if exclude else None
+    for top in paths:
+        top = os.path.abspath(top)
+        if os.path.isfile(top):
+            st = os.stat(top)
+            yield top, st.st_size, st.st_mtime_ns
+            continue
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            if exclude_norm and os.path.normcase(folder) == exclude_norm:
+                continue
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            subfolders = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.path)
+                    elif entry.is_file():
+                        st = entry.stat()
+                        yield entry.path, st.st_size, st.st_mtime_ns
+                except OSError:
+                    continue
+            stack.extend(reversed(subfolders))
+
+
+def parse_files(entries: Sequence[FileEntry]) -> List[ParseResult]:
+    """Parse a chunk of files (runs in a worker); never raises for a bad file."""
+    results: List[ParseResult] = []
+    for path, size, mtime in entries:
+        try:
+            record = read_header(path, size)
+            results.append((path, size, mtime, KIND_OK,
+                            (record.values, record.has_pixel_data, record.media_sop_instance_uid)))
+        except NotDicomError as error:
+            results.append((path, size, mtime, KIND_NON_DICOM, str(error)))
+        except DicomReadError as error:
+            results.append((path, size, mtime, KIND_FAILED, str(error)))
+        except Exception as error:  # noqa: BLE001 - a parser bug must not stop an import
+            results.append((path, size, mtime, KIND_FAILED, f"unreadable ({type(error).__name__}: {error})"))
+    return results
+
+
+def _inside_slicer() -> bool:
+    return "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app")
+
+
+def choose_mode(n_files: int, mode: str = "auto", workers: Optional[int] = None) -> Tuple[str, int]:
+    """Processes win for pure-Python parsing (GIL); threads inside Slicer (no safe fork); serial when small."""
+    cpus = os.cpu_count() or 1
+    if workers is None:
+        workers = cpus
+    if mode == "auto":
+        if workers <= 1 or n_files < 400:
+            mode = "serial"
+        elif _inside_slicer() or sys.platform == "emscripten":
+            mode = "threads"
+        else:
+            mode = "processes"
+    if mode == "serial":
+        workers = 1
+    return mode, max(1, workers)
+
+
+def iter_parsed(entries: Sequence[FileEntry], mode: str, workers: int,
+                chunk_size: int = 128) -> Iterator[List[ParseResult]]:
+    """Parse files in chunks, serially or in a pool; yields chunks in submission order."""
+    chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
+    if mode == "serial" or not chunks:
+        for chunk in chunks:
+            yield parse_files(chunk)
+        return
+    executor: Executor
+    if mode == "threads":
+        executor = ThreadPoolExecutor(max_workers=workers)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        window = workers * 4
+        futures = [executor.submit(parse_files, chunk) for chunk in chunks[:window]]
+        next_chunk = len(futures)
+        index = 0
+        while index < len(futures):
+            result = futures[index].result()
+            futures[index] = None  # type: ignore[call-overload]
+            index += 1
+            if next_chunk < len(chunks):
+                futures.append(executor.submit(parse_files, chunks[next_chunk]))
+                next_chunk += 1
+            yield result
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------
+# Import summary
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ImportSummary:
+    """What an import did; ``to_dict`` is the ``--json`` form, ``format_text`` the console form."""
+
+    database: str
+    inputs: List[str]
+    files_seen: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped_non_dicom: int = 0
+    non_dicom_reasons: Counter = dataclasses.field(default_factory=Counter)
+    failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    duplicates: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    no_pixel_data: List[str] = dataclasses.field(default_factory=list)
+    derived_uid_files: List[str] = dataclasses.field(default_factory=list)
+    copied: int = 0
+    mode: str = "serial"
+    workers: int = 1
+    elapsed_s: float = 0.0
+
+    @property
+    def duplicate_sop_instance_uid(self) -> bool:
+        return bool(self.duplicates)
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files_seen / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def warnings(self) -> List[str]:
+        lines = []
+        for sop, kept, duplicate in self.duplicates:
+            lines.append(f"duplicate SOPInstanceUID {sop}: {duplicate} not indexed (same instance as {kept})")
+        if self.no_pixel_data:
+            lines.append(f"{len(self.no_pixel_data)} indexed file(s) have no Pixel Data (7FE0,0010), "
+                         f"e.g. {self.no_pixel_data[0]}: not loadable as images")
+        if self.derived_uid_files:
+            folders = sorted({os.path.dirname(p) for p in self.derived_uid_files})
+            lines.append(
+                f"{len(self.derived_uid_files)} file(s) in {len(folders)} folder(s) lack Study/Series/SOP Instance "
+                f"UIDs (anonymised?), e.g. {folders[0]}: MedSeg grouped them by folder with derived 2.25 UIDs; "
+                "3D Slicer's own importer would reject them"
+            )
+        return lines
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "database": self.database,
+            "inputs": self.inputs,
+            "files_seen": self.files_seen,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged_skipped": self.unchanged,
+            "non_dicom_skipped": self.skipped_non_dicom,
+            "non_dicom_reasons": dict(self.non_dicom_reasons),
+            "failed": [{"file": path, "reason": reason} for path, reason in self.failed],
+            "duplicate_sop_instance_uid": self.duplicate_sop_instance_uid,
+            "duplicates": [{"sop_instance_uid": sop, "kept": kept, "skipped": dup}
+                           for sop, kept, dup in self.duplicates],
+            "no_pixel_data": self.no_pixel_data,
+            "derived_uids": len(self.derived_uid_files),
+            "copied": self.copied,
+            "warnings": self.warnings(),
+            "mode": self.mode,
+            "workers": self.workers,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "files_per_second": round(self.files_per_second, 1),
+        }
+
+    def format_text(self, max_failures: int = 20) -> str:
+        lines = [
+            f"database: {self.database}",
+            f"files seen: {self.files_seen} in {self.elapsed_s:.2f} s ({self.files_per_second:.0f} files/s, "
+            f"{self.mode}, {self.workers} worker(s))",
+            f"added: {self.added}  updated: {self.updated}  unchanged (skipped): {self.unchanged}  "
+            f"non-DICOM (skipped): {self.skipped_non_dicom}  failed: {len(self.failed)}",
+        ]
+        if self.copied:
+            lines.append(f"copied into the database folder: {self.copied}")
+        if self.non_dicom_reasons:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.non_dicom_reasons.most_common())
+            lines.append(f"non-DICOM: {reasons}")
+        for path, reason in self.failed[:max_failures]:
+            lines.append(f"failed: {path}: {reason}")
+        if len(self.failed) > max_failures:
+            lines.append(f"failed: ... and {len(self.failed) - max_failures} more (use --json for all)")
+        lines.extend(f"warning: {line}" for line in self.warnings())
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Database insertion
+# --------------------------------------------------------------------------------------
+
+
+def _derived_uid(*parts: str) -> str:
+    digest = hashlib.md5("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return "2.25." + str(int(digest, 16))
+
+
+class _Inserter:
+    """Writes parsed files into the database the way CTK's insert does (patient/study/series/image/cache)."""
+
+    def __init__(self, db: DicomDatabase, summary: ImportSummary, copy_files: bool,
+                 states: Dict[str, Tuple[int, int, str, str, str]]) -> None:
+        self.db = db
+        self.conn = db.connection()
+        self.summary = summary
+        self.copy_files = copy_files
+        self.states = states
+        conn = self.conn
+        self.patients: Dict[Tuple[str, str], int] = {
+            (pid or "", name or ""): uid
+            for uid, pid, name in conn.execute("SELECT UID, PatientID, PatientsName FROM Patients")
+        }
+        self.studies = {row[0] for row in conn.execute("SELECT StudyInstanceUID FROM Studies")}
+        self.series = {row[0] for row in conn.execute("SELECT SeriesInstanceUID FROM Series")}
+        self.cached_sops = {row[0] for row in conn.execute("SELECT DISTINCT SOPInstanceUID FROM tc.TagCache")}
+        # SOPInstanceUID -> source path of the file that holds it
+        self.owner: Dict[str, str] = {}
+        for sop, name in conn.execute("SELECT SOPInstanceUID, Filename FROM Images"):
+            self.owner[sop] = db.absolute_path(name or "")
+        for path, (_size, _mtime, status, sop, _reason) in states.items():
+            if status == STATUS_INDEXED and sop:
+                self.owner[sop] = path
+        self.touched_series: set = set()
+        self.touched_studies: set = set()
+        self.touched_patients: set = set()
+        self.timestamp = now_timestamp()
+
+    def _remove_instance(self, sop: str) -> None:
+        conn = self.conn
+        row = conn.execute("SELECT SeriesInstanceUID, Filename FROM Images WHERE SOPInstanceUID = ?", (sop,)).fetchone()
+        if row:
+            self.touched_series.add(row[0])
+            conn.execute("DELETE FROM Images WHERE SOPInstanceUID = ?", (sop,))
+            if row[1] and not os.path.isabs(row[1]):
+                self.db._remove_copy(self.db.absolute_path(row[1]))
+        conn.execute("DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", (sop,))
+        self.cached_sops.discard(sop)
+        self.owner.pop(sop, None)
+
+    def add_chunk(self, results: List[ParseResult]) -> None:
+        conn = self.conn
+        summary = self.summary
+        tag_rows: List[Tuple[str, str, str]] = []
+        image_rows: List[Tuple[str, str, str, str, str]] = []
+        file_rows: List[Tuple[str, int, int, str, Optional[str], Optional[int], Optional[str]]] = []
+        conn.execute("BEGIN")
+        try:
+            for path, size, mtime, kind, payload in results:
+                path = path.replace(os.sep, "/")
+                previous = self.states.get(path)
+                if previous and previous[2] == STATUS_INDEXED and previous[3]:
+                    self._remove_instance(previous[3])
+                if kind == KIND_NON_DICOM:
+                    summary.skipped_non_dicom += 1
+                    summary.non_dicom_reasons[_reason_class(str(payload))] += 1
+                    file_rows.append((path, size, mtime, STATUS_NON_DICOM, None, None, str(payload)))
+                    continue
+                if kind == KIND_FAILED:
+                    summary.failed.append((path, str(payload)))
+                    file_rows.append((path, size, mtime, STATUS_FAILED, None, None, str(payload)))
+                    continue
+                values, has_pixels, media_sop = payload  # type: ignore[misc]
+                status, sop = self._add_instance(path, values, has_pixels, media_sop, tag_rows, image_rows)
+                if status == STATUS_INDEXED:
+                    if previous and previous[2] == STATUS_INDEXED:
+                        summary.updated += 1
+                    else:
+                        summary.added += 1
+                    if not has_pixels:
+                        summary.no_pixel_data.append(path)
+                    file_rows.append((path, size, mtime, STATUS_INDEXED, sop, int(bool(has_pixels)), None))
+                else:
+                    file_rows.append((path, size, mtime, STATUS_DUPLICATE, sop, int(bool(has_pixels)),
+                                      f"same SOPInstanceUID as {self.owner.get(sop, '')}"))
+            conn.executemany("INSERT INTO Images (SOPInstanceUID, Filename, URL, SeriesInstanceUID, InsertTimestamp) "
+                             "VALUES (?, ?, ?, ?, ?)", image_rows)
+            conn.executemany("INSERT INTO tc.TagCache VALUES (?, ?, ?)", tag_rows)
+            conn.executemany("INSERT OR REPLACE INTO mi.Files VALUES (?, ?, ?, ?, ?, ?, ?)", file_rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _add_instance(self, path: str, values: Dict[str, str], has_pixels: bool, media_sop: str,
+                      tag_rows: List[Tuple[str, str, str]], image_rows: List[Tuple[str, str, str, str, str]]
+                      ) -> Tuple[str, str]:
+        get = values.get
+        folder = os.path.dirname(path)
+        derived = False
+        sop = get("0008,0018") or media_sop
+        if not sop:
+            sop = _derived_uid("sop", path)
+            derived = True
+        study = get("0020,000D", "")
+        patient_key = (get("0010,0020", ""), get("0010,0010", ""), get("0010,0030", ""))
+        if not study:
+            study = _derived_uid("study", folder, *patient_key, get("0008,0020", ""), get("0008,0030", ""),
+                                 get("0020,0010", ""), get("0008,0050", ""))
+            derived = True
+        series = get("0020,000E", "")
+        if not series:
+            series = _derived_uid("series", study, folder, get("0020,0011", ""), get("0008,103E", ""),
+                                  get("0008,0060", ""), get("0008,0021", ""), get("0008,0031", ""))
+            derived = True
+        owner = self.owner.get(sop)
+        if owner is not None and owner != path:
+            if os.path.exists(owner):
+                self.summary.duplicates.append((sop, owner, path))
+                return STATUS_DUPLICATE, sop
+            self._remove_instance(sop)  # the old file is gone: this file takes its place (CTK does the same)
+        if derived:
+            self.summary.derived_uid_files.append(path)
+        patient_uid = self._patient(values, study)
+        self._study(values, study, patient_uid)
+        self._series(values, series, study)
+        filename = path
+        if self.copy_files:
+            filename = self.db.copy_into_storage(path, study, series, sop)
+            self.summary.copied += 1
+        if sop in self.cached_sops:
+            self.conn.execute("DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", (sop,))
+            self.cached_sops.discard(sop)
+        image_rows.append((sop, self.db.internal_path(filename), "", series, self.timestamp))
+        tag_rows.extend((sop, tag, value) for tag, value in values.items())
+        self.owner[sop] = path
+        self.touched_series.add(series)
+        return STATUS_INDEXED, sop
+
+    def _patient(self, values: Dict[str, str], study: str) -> int:
+        get = values.get
+        patient_id = get("0010,0020", "") or study  # CTK: study UID stands in for an empty PatientID
+        name = get("0010,0010", "") or patient_id  # CTK: PatientID stands in for an empty name
+        key = (patient_id, name)
+        uid = self.patients.get(key)
+        if uid is None:
+            cursor = self.conn.execute(
+                "INSERT INTO Patients (UID, PatientsName, PatientID, PatientsBirthDate, PatientsBirthTime, "
+                "PatientsSex, PatientsAge, PatientsComments, InsertTimestamp, DisplayedPatientsName) "
+                "VALUES (NULL, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                (name, patient_id, dicom_date_to_iso(get("0010,0030", "")), get("0010,0032", ""),
+                 get("0010,0040", ""), get("0010,4000", ""), self.timestamp,
+                 human_readable_patient_name(get("0010,0010", "")) or name),
+            )
+            uid = int(cursor.lastrowid or 0)
+            self.patients[key] = uid
+        self.touched_patients.add(uid)
+        return uid
+
+    def _study(self, values: Dict[str, str], study: str, patient_uid: int) -> None:
+        if study in self.studies:
+            self.touched_studies.add(study)
+            return
+        get = values.get
+        self.conn.execute(
+            "INSERT INTO Studies (StudyInstanceUID, PatientsUID, StudyID, StudyDate, StudyTime, AccessionNumber, "
+            "ModalitiesInStudy, InstitutionName, ReferringPhysician, PerformingPhysiciansName, StudyDescription, "
+            "InsertTimestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (study, patient_uid, get("0020,0010", ""), get("0008,0020", "") or None, get("0008,0030", ""),
+             get("0008,0050", ""), get("0008,0061", ""), get("0008,0080", ""), get("0008,0090", ""),
+             get("0008,1050", ""), get("0008,1030", ""), self.timestamp),
+        )
+        self.studies.add(study)
+        self.touched_studies.add(study)
+
+    def _series(self, values: Dict[str, str], series: str, study: str) -> None:
+        if series in self.series:
+            return
+        get = values.get
+        self.conn.execute(
+            "INSERT INTO Series (SeriesInstanceUID, StudyInstanceUID, SeriesNumber, SeriesDate, SeriesTime, "
+            "SeriesDescription, Modality, BodyPartExamined, FrameOfReferenceUID, AcquisitionNumber, ContrastAgent, "
+            "ScanningSequence, EchoNumber, TemporalPosition, InsertTimestamp) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (series, study, dicom_int(get("0020,0011", "")), dicom_date_to_iso(get("0008,0021", "")),
+             get("0008,0031", ""), get("0008,103E", ""), get("0008,0060", ""), get("0018,0015", ""),
+             get("0020,0052", ""), dicom_int(get("0020,0012", "")), get("0018,0010", ""), get("0018,0020", ""),
+             dicom_int(get("0018,0086", "")), dicom_int(get("0020,0100", "")), self.timestamp),
+        )
+        self.series.add(series)
+
+    def finish(self) -> None:
+        """Drop emptied series/studies/patients, then recount the displayed fields of everything touched."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            for series in list(self.touched_series):
+                if not conn.execute("SELECT 1 FROM Images WHERE SeriesInstanceUID = ? LIMIT 1", (series,)).fetchone():
+                    study = self.db.studyForSeries(series)
+                    conn.execute("DELETE FROM Series WHERE SeriesInstanceUID = ?", (series,))
+                    self.touched_series.discard(series)
+                    self.series.discard(series)
+                    if study:
+                        self.db._cleanup_study(study)
+            studies = {self.db.studyForSeries(s) for s in self.touched_series} | self.touched_studies
+            studies = {s for s in studies if s and self.db.patientForStudy(s)}
+            patients = {int(self.db.patientForStudy(s)) for s in studies} | self.touched_patients
+            patients = {p for p in patients if self.db.fieldForPatient("UID", str(p))}
+            self.db.update_displayed_fields(self.touched_series, studies, [str(p) for p in patients])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _reason_class(reason: str) -> str:
+    """Group non-DICOM reasons for the summary ("DICOMDIR", "not DICOM", ...)."""
+    if reason.startswith("DICOMDIR"):
+        return "DICOMDIR"
+    if reason.startswith("empty"):
+        return "empty file"
+    return "not DICOM"
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def import_paths(
+    db: DicomDatabase,
+    paths: Sequence[str],
+    copy_files: bool = False,
+    mode: str = "auto",
+    workers: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    chunk_size: int = 128,
+) -> ImportSummary:
+    """Index files/folders into ``db``; bad files are reported in the summary, never raised.
+
+    A missing input path is a ``UserInputError`` (nothing is imported then). Files whose path, size
+    and mtime match the previous import are not read again.
+    """
+    from MedSegLib.errors import UserInputError
+
+    start = time.perf_counter()
+    for path in paths:
+        if not os.path.exists(path):
+            raise UserInputError("input path does not exist", path)
+    summary = ImportSummary(database=db.databaseDirectory(), inputs=[os.path.abspath(p) for p in paths])
+    states = db.file_states()
+    to_parse: List[FileEntry] = []
+    for path, size, mtime in walk_files(paths, exclude=db.databaseDirectory()):
+        summary.files_seen += 1
+        key = path.replace(os.sep, "/")
+        state = states.get(key)
+        if state is not None and state[0] == size and state[1] == mtime:
+            status, reason = state[2], state[4]
+            if status == STATUS_NON_DICOM:
+                summary.skipped_non_dicom += 1
+                summary.non_dicom_reasons[_reason_class(reason)] += 1
+            elif status == STATUS_FAILED:
+                summary.failed.append((key, reason))
+            else:
+                summary.unchanged += 1
+            continue
+        to_parse.append((path, size, mtime))
+    summary.mode, summary.workers = choose_mode(len(to_parse), mode, workers)
+    inserter = _Inserter(db, summary, copy_files, states)
+    done = summary.files_seen - len(to_parse)
+    if progress:
+        progress(done, summary.files_seen)
+    for results in iter_parsed(to_parse, summary.mode, summary.workers, chunk_size):
+        inserter.add_chunk(results)
+        done += len(results)
+        if progress:
+            progress(done, summary.files_seen)
+    inserter.finish()
+    summary.elapsed_s = time.perf_counter() - start
+    return summary

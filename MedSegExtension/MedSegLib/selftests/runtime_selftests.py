@@ -77,8 +77,12 @@ def check_sitk_conversions(scene: Any, work_dir: Path) -> None:
     """MRML (RAS) <-> SimpleITK (LPS) keeps every voxel at the same world position."""
     import SimpleITK as sitk
 
-    from MedSegLib.volume_nodes import add_volume_node, array_and_ijk_to_ras, sitk_image_from_volume_node
-    from MedSegLib.volume_nodes import volume_node_from_sitk
+    from MedSegLib.volume_nodes import (
+        add_volume_node,
+        array_and_ijk_to_ras,
+        sitk_image_from_volume_node,
+        volume_node_from_sitk,
+    )
 
     voxels = _test_volume(3)
     ijk_to_ras = random_oblique_ijk_to_ras(3)
@@ -98,8 +102,12 @@ def check_segmentation_round_trips(scene: Any, work_dir: Path) -> None:
     """.seg.nrrd keeps names/colours/voxels; label-map export (+ .ctbl) re-imports with names."""
     import slicer
 
-    from MedSegLib.node_io import export_segmentation_to_labelmap, import_labelmap_as_segmentation
-    from MedSegLib.node_io import load_segmentation, save_node
+    from MedSegLib.node_io import (
+        export_segmentation_to_labelmap,
+        import_labelmap_as_segmentation,
+        load_segmentation,
+        save_node,
+    )
     from MedSegLib.volume_nodes import add_volume_node
 
     voxels = _test_volume(4)
@@ -138,7 +146,9 @@ def check_markups_and_tables(scene: Any, work_dir: Path) -> None:
     points = np.array([[1.5, -2.25, 3.0], [10.0, 20.0, -30.125]])
     markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "seeds")
     slicer.util.updateMarkupsControlPointsFromArray(markups, points)
-    back = slicer.util.arrayFromMarkupsControlPoints(load_markups(save_node(markups, work_dir / "seeds.mrk.json"), scene))
+    back = slicer.util.arrayFromMarkupsControlPoints(
+        load_markups(save_node(markups, work_dir / "seeds.mrk.json"), scene)
+    )
     assert np.allclose(back, points, atol=1e-9), back
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "stats")
     column = table.AddColumn()

@@ -1,0 +1,406 @@
+"""MedSeg DICOM: import DICOM folders into a MedSeg database and load series as volumes.
+
+The panel is a thin front end: indexing, series sorting and volume creation live in
+``MedSegLib.dicom`` so that ``medseg dicom import|list|load`` runs the very same code headless.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+def _ensureMedSegLibImportable() -> None:
+    """Installed, MedSegLib sits next to this file (already on sys.path); in a source checkout it is one folder up."""
+    if importlib.util.find_spec("MedSegLib") is None:
+        extensionSourceDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isdir(os.path.join(extensionSourceDir, "MedSegLib")):
+            sys.path.insert(0, extensionSourceDir)
+
+
+_ensureMedSegLibImportable()
+
+
+def _importMedSegLib(moduleName: str) -> Any:
+    """Import a MedSegLib module lazily; a part that is not in this build becomes one readable error."""
+    try:
+        return importlib.import_module(moduleName)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "MedSegLib":
+            message = _("{module} is not available in this MedSeg build (missing {missing}).").format(
+                module=moduleName, missing=error.name)
+        else:
+            message = _("{module} needs the Python package '{package}'.").format(module=moduleName, package=error.name)
+        raise RuntimeError(message) from error
+
+
+def _resourceFile(owner: Any, relativePath: str) -> str:
+    """``owner.resourcePath`` (installed layout) if the file is there, else the source tree's top-level Resources/."""
+    installedPath = owner.resourcePath(relativePath)
+    if os.path.isfile(installedPath):
+        return installedPath
+    from MedSegLib.resources import resource_path
+
+    return str(resource_path(*relativePath.split("/")))
+
+
+def _useSourceTreeIcon(module: Any) -> None:
+    """ScriptedLoadableModule finds the icon only when installed; from a source checkout take Resources/Icons."""
+    if module.parent.icon.isNull():
+        iconPath = _resourceFile(module, f"Icons/{module.moduleName}.png")
+        if os.path.isfile(iconPath):
+            module.parent.icon = qt.QIcon(iconPath)
+
+
+#
+# MedSegDICOM
+#
+
+
+class MedSegDICOM(ScriptedLoadableModule):
+    """Module description shown in the Slicer module panel and the generic module tests."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedSeg DICOM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedSeg")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedSeg developers (MedSeg project)"]
+        self.parent.helpText = _("""
+Import a folder of DICOM files into a MedSeg DICOM database, browse patients, studies and series,
+and load the selected series as volumes (CT in Hounsfield units, MR as stored), with warnings for
+series that need attention (missing slices, irregular spacing, mixed geometry).
+<br><br>Command-line equivalent: <code>medseg dicom import FOLDER --db DATABASE</code>,
+<code>medseg dicom list --db DATABASE</code> and <code>medseg dicom load SERIES_UID --db DATABASE -o volume.nrrd</code>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer (slicer.org) and the slicer-core Python package; DICOM parsing with pydicom.
+The database layout follows CTK's ctkDICOMDatabase.
+""")
+        _useSourceTreeIcon(self)
+
+
+#
+# MedSegDICOMParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedSegDICOMParameterNode:
+    """Panel state kept in the scene, so a saved scene reopens with the same folders."""
+
+    importFolder: Path
+    databaseFolder: Path
+    copyFiles: bool = False
+
+
+#
+# MedSegDICOMWidget
+#
+
+
+class MedSegDICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel: folder pickers, series table and buttons; all work is delegated to MedSegDICOMLogic."""
+
+    # Column title -> key of the rows returned by MedSegDICOMLogic.seriesRows.
+    COLUMNS = {"Patient": "patient", "Study": "study", "Series": "series", "Modality": "modality",
+               "Instances": "instances", "Warnings": "warnings"}
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[MedSegDICOMLogic] = None
+        self._parameterNode: Optional[MedSegDICOMParameterNode] = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(_resourceFile(self, "UI/MedSegDICOM.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedSegDICOMLogic()
+
+        self.ui.seriesTable.setColumnCount(len(self.COLUMNS))
+        self.ui.seriesTable.setHorizontalHeaderLabels([_(title) for title in self.COLUMNS])
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.importButton.connect("clicked(bool)", self.onImportButton)
+        self.ui.refreshButton.connect("clicked(bool)", self.onRefreshButton)
+        self.ui.loadButton.connect("clicked(bool)", self.onLoadButton)
+        self.ui.seriesTable.connect("itemSelectionChanged()", self._updateButtonStates)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic:
+            self.logic.closeDatabase()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if str(self._parameterNode.databaseFolder) in ("", "."):
+            self._parameterNode.databaseFolder = self.logic.defaultDatabaseFolder()
+        # Quiet refresh: opening the module must neither create the folder nor pop up error dialogs.
+        if os.path.isdir(str(self._parameterNode.databaseFolder)):
+            try:
+                self._refreshTable()
+            except Exception as error:  # shown in the panel; the Refresh button reports it loudly
+                self._setStatus(str(error))
+
+    def setParameterNode(self, inputParameterNode: Optional[MedSegDICOMParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+        self._updateButtonStates()
+
+    def _updateButtonStates(self, caller=None, event=None) -> None:
+        hasDatabase = self._parameterNode is not None and str(self._parameterNode.databaseFolder) not in ("", ".")
+        hasImportFolder = self._parameterNode is not None and os.path.isdir(str(self._parameterNode.importFolder))
+        self.ui.importButton.enabled = hasDatabase and hasImportFolder
+        self.ui.refreshButton.enabled = hasDatabase
+        self.ui.loadButton.enabled = hasDatabase and bool(self._selectedSeriesUIDs())
+
+    def _setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    def _seriesUIDOfRow(self, row: int) -> str:
+        """Series UIDs are kept as item data of the first column (the table shows readable names)."""
+        return self.ui.seriesTable.item(row, 0).data(qt.Qt.UserRole)
+
+    def _selectedSeriesUIDs(self) -> List[str]:
+        rows = sorted({index.row() for index in self.ui.seriesTable.selectedIndexes()})
+        return [self._seriesUIDOfRow(row) for row in rows]
+
+    def _onImportProgress(self, done: int, total: int) -> None:
+        self._setStatus(_("Importing: {done} of {total} files").format(done=done, total=total))
+        slicer.app.processEvents()
+
+    def onImportButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("DICOM import failed."), waitCursor=True):
+            parameters = self._parameterNode
+            message = self.logic.importFolder(parameters.databaseFolder, parameters.importFolder,
+                                              copyFiles=parameters.copyFiles, progress=self._onImportProgress)
+            self._refreshTable()
+            self._setStatus(message)
+
+    def onRefreshButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not read the DICOM database."), waitCursor=True):
+            self._refreshTable()
+
+    def _refreshTable(self) -> None:
+        rows = self.logic.seriesRows(self._parameterNode.databaseFolder)
+        self._fillTable(rows)
+        self._setStatus(_("{count} series in the database.").format(count=len(rows)))
+        self._updateButtonStates()
+
+    def _fillTable(self, rows: List[Dict[str, str]]) -> None:
+        table = self.ui.seriesTable
+        table.setRowCount(0)
+        table.setRowCount(len(rows))
+        for rowIndex, row in enumerate(rows):
+            for columnIndex, key in enumerate(self.COLUMNS.values()):
+                item = qt.QTableWidgetItem(row[key])
+                item.setToolTip(row[key])
+                table.setItem(rowIndex, columnIndex, item)
+            table.item(rowIndex, 0).setData(qt.Qt.UserRole, row["seriesUID"])
+        table.resizeColumnsToContents()
+
+    def _showLoadWarnings(self, warningsBySeries: Dict[str, List[str]]) -> None:
+        """Loading finds problems the index cannot (e.g. resampled slices): add them to the Warnings column."""
+        warningsColumn = list(self.COLUMNS).index("Warnings")
+        for rowIndex in range(self.ui.seriesTable.rowCount):
+            loadWarnings = warningsBySeries.get(self._seriesUIDOfRow(rowIndex))
+            if loadWarnings:
+                item = self.ui.seriesTable.item(rowIndex, warningsColumn)
+                text = "; ".join(filter(None, [item.text(), *loadWarnings]))
+                item.setText(text)
+                item.setToolTip(text)
+
+    def onLoadButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Loading the series failed."), waitCursor=True):
+            nodes, warningsBySeries = self.logic.loadSeries(self._parameterNode.databaseFolder,
+                                                            self._selectedSeriesUIDs())
+            self._showLoadWarnings(warningsBySeries)
+            volumes = [node for node in nodes if node.IsA("vtkMRMLScalarVolumeNode")]  # 4D series load as sequences
+            if volumes:
+                slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
+            warningCount = sum(len(warnings) for warnings in warningsBySeries.values())
+            self._setStatus(_("Loaded {nodes} volume(s), {warnings} warning(s).").format(
+                nodes=len(nodes), warnings=warningCount))
+
+
+#
+# MedSegDICOMLogic
+#
+
+
+class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
+    """Thin adapter from the panel to MedSegLib.dicom (database, loader, MRML conversion)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._database = None
+        self._databaseFolder: Optional[str] = None
+
+    def getParameterNode(self) -> MedSegDICOMParameterNode:
+        return MedSegDICOMParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def defaultDatabaseFolder() -> Path:
+        """The database the ``medseg dicom`` commands use by default, so panel and command line share it."""
+        return Path(_importMedSegLib("MedSegLib.dicom.database").default_database_directory())
+
+    def database(self, databaseFolder: Path) -> Any:
+        """The MedSegLib database of ``databaseFolder`` (created if needed, reopened only when the folder changes)."""
+        folder = os.fspath(databaseFolder)
+        if self._database is None or folder != self._databaseFolder:
+            self.closeDatabase()
+            self._database = _importMedSegLib("MedSegLib.dicom.database").DicomDatabase(folder)
+            self._databaseFolder = folder
+        return self._database
+
+    def closeDatabase(self) -> None:
+        """Release the database files (module unload, or before its folder is removed)."""
+        if self._database is not None:
+            self._database.closeDatabase()
+        self._database = self._databaseFolder = None
+
+    def importFolder(self, databaseFolder: Path, importFolder: Path, copyFiles: bool = False,
+                     progress: Optional[Callable[[int, int], None]] = None) -> str:
+        """Index every DICOM file under ``importFolder``; returns a one-paragraph summary with warnings."""
+        indexer = _importMedSegLib("MedSegLib.dicom.indexer")
+        summary = indexer.import_paths(self.database(databaseFolder), [os.fspath(importFolder)],
+                                       copy_files=copyFiles, progress=progress)
+        counts = _("{seen} files: {added} added, {updated} updated, {unchanged} unchanged, "
+                   "{nonDicom} not DICOM, {failed} unreadable.").format(
+            seen=summary.files_seen, added=summary.added, updated=summary.updated, unchanged=summary.unchanged,
+            nonDicom=summary.skipped_non_dicom, failed=len(summary.failed))
+        return "\n".join([counts, *summary.warnings()])
+
+    def seriesRows(self, databaseFolder: Path) -> List[Dict[str, str]]:
+        """One display row per series (patient, study, series, modality, instances, warnings) plus its UID."""
+        database = _importMedSegLib("MedSegLib.dicom.database")
+        rows = []
+        for patient in database.describe_database(self.database(databaseFolder)):
+            patientText = " ".join(filter(None, [patient["displayed_name"] or patient["name"],
+                                                 f"({patient['patient_id']})" if patient["patient_id"] else ""]))
+            for study in patient["studies"]:
+                studyText = " ".join(filter(None, [study["study_date"], study["description"]]))
+                for series in study["series"]:
+                    rows.append({
+                        "seriesUID": series["series_instance_uid"],
+                        "patient": patientText,
+                        "study": studyText,
+                        "series": " ".join(filter(None, [str(series["series_number"] or ""), series["description"]])),
+                        "modality": series["modality"],
+                        "instances": str(series["instances"]),
+                        "warnings": "; ".join(series["warnings"]),
+                    })
+        return rows
+
+    def loadSeries(self, databaseFolder: Path, seriesUIDs: List[str],
+                   scene: Any = None) -> Tuple[List[Any], Dict[str, List[str]]]:
+        """Load each series as volume node(s) (a sequence for 4D series); returns the nodes and warnings per series."""
+        loader = _importMedSegLib("MedSegLib.dicom.loader")
+        mrml = _importMedSegLib("MedSegLib.dicom.mrml")
+        scene = scene if scene is not None else slicer.mrmlScene
+        db = self.database(databaseFolder)
+        nodes, warningsBySeries = [], {}
+        for seriesUID in seriesUIDs:
+            warningsBySeries[seriesUID] = []
+            for loaded in loader.load_series_files(db.filesForSeries(seriesUID)):
+                nodes.append(mrml.add_loaded_volume(loaded, scene))
+                warningsBySeries[seriesUID].extend(loaded.warnings)
+        return nodes, warningsBySeries
+
+
+#
+# MedSegDICOMTest
+#
+
+
+class MedSegDICOMTest(ScriptedLoadableModuleTest):
+    """Runs MedSegLib's DICOM self-tests in the application scene (the same checks pytest runs headless)."""
+
+    SELFTEST_MODULE = "MedSegLib.selftests.dicom_selftests"
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_MedSegDICOM_importAndLoad()
+        self.setUp()
+        self.test_MedSegDICOM_selftests()
+
+    def test_MedSegDICOM_importAndLoad(self) -> None:
+        """The panel's import -> table -> load path on MedSeg's synthetic CT series."""
+        from MedSegLib.sample_data import write_ct_phantom
+
+        with tempfile.TemporaryDirectory(prefix="MedSegDICOMTest-") as workDir:
+            seriesFolder = write_ct_phantom(Path(workDir) / "ct", shape=(8, 32, 32))
+            logic = MedSegDICOMLogic()
+            databaseFolder = Path(workDir) / "db"
+            message = logic.importFolder(databaseFolder, seriesFolder)
+            self.assertIn("8 added", message)
+            rows = logic.seriesRows(databaseFolder)
+            self.assertEqual(len(rows), 1)
+            self.assertEqual((rows[0]["modality"], rows[0]["instances"], rows[0]["warnings"]), ("CT", "8", ""))
+            nodes, warnings = logic.loadSeries(databaseFolder, [rows[0]["seriesUID"]])
+            self.assertEqual(len(nodes), 1)
+            self.assertEqual(slicer.util.arrayFromVolume(nodes[0]).shape, (8, 32, 32))
+            self.assertEqual(warnings, {rows[0]["seriesUID"]: []})
+            logic.closeDatabase()
+
+    def test_MedSegDICOM_selftests(self) -> None:
+        try:
+            selftests = importlib.import_module(self.SELFTEST_MODULE)
+        except ImportError as error:
+            self.fail(f"{self.SELFTEST_MODULE} cannot be imported: {error}")
+        checks = getattr(selftests, "ALL_CHECKS", None) or {
+            name: value for name, value in vars(selftests).items() if name.startswith("check_") and callable(value)}
+        self.assertTrue(checks, f"{self.SELFTEST_MODULE} defines no check_* functions")
+        for name, check in sorted(checks.items()):
+            with self.subTest(check=name), tempfile.TemporaryDirectory(prefix="MedSegDICOMTest-") as workDir:
+                self.delayDisplay(f"Running {name}")
+                slicer.mrmlScene.Clear()
+                check(slicer.mrmlScene, Path(workDir))

@@ -1,0 +1,374 @@
+"""MedSeg Quantitative MRI: voxel-wise relaxometry fits (T1 by IR, VFA or Look-Locker; T2; T2*).
+
+The signal models and fitting live in ``MedSegLib.qmri.fitting`` and are shared with ``medseg qmri fit``.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, List, Optional, Tuple
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+def _ensureMedSegLibImportable() -> None:
+    """Installed, MedSegLib sits next to this file (already on sys.path); in a source checkout it is one folder up."""
+    if importlib.util.find_spec("MedSegLib") is None:
+        extensionSourceDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isdir(os.path.join(extensionSourceDir, "MedSegLib")):
+            sys.path.insert(0, extensionSourceDir)
+
+
+_ensureMedSegLibImportable()
+
+
+def _importMedSegLib(moduleName: str) -> Any:
+    """Import a MedSegLib module lazily; a part that is not in this build becomes one readable error."""
+    try:
+        return importlib.import_module(moduleName)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "MedSegLib":
+            message = _("{module} is not available in this MedSeg build (missing {missing}).").format(
+                module=moduleName, missing=error.name)
+        else:
+            message = _("{module} needs the Python package '{package}'.").format(module=moduleName, package=error.name)
+        raise RuntimeError(message) from error
+
+
+def _resourceFile(owner: Any, relativePath: str) -> str:
+    """``owner.resourcePath`` (installed layout) if the file is there, else the source tree's top-level Resources/."""
+    installedPath = owner.resourcePath(relativePath)
+    if os.path.isfile(installedPath):
+        return installedPath
+    from MedSegLib.resources import resource_path
+
+    return str(resource_path(*relativePath.split("/")))
+
+
+def _useSourceTreeIcon(module: Any) -> None:
+    """ScriptedLoadableModule finds the icon only when installed; from a source checkout take Resources/Icons."""
+    if module.parent.icon.isNull():
+        iconPath = _resourceFile(module, f"Icons/{module.moduleName}.png")
+        if os.path.isfile(iconPath):
+            module.parent.icon = qt.QIcon(iconPath)
+
+
+#
+# MedSegQuantitativeMRI
+#
+
+
+class MedSegQuantitativeMRI(ScriptedLoadableModule):
+    """Module description shown in the Slicer module panel and the generic module tests."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedSeg Quantitative MRI")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "MedSeg")]
+        self.parent.dependencies = ["Sequences", "Segmentations"]
+        self.parent.contributors = ["MedSeg developers (MedSeg project)"]
+        self.parent.helpText = _("""
+Fit a relaxation model voxel by voxel to a multi-volume MR series (a sequence node with one volume per
+inversion time, flip angle or echo time): inversion recovery T1, variable flip angle T1 (needs TR),
+Look-Locker T1, spin-echo T2 and T2*. Acquisition values are read from the sequence (DICOM) unless typed
+in. An optional mask segment restricts the fit; outputs are the parameter map in ms and a goodness-of-fit map.
+<br><br>Command-line equivalent: <code>medseg qmri fit SERIES_DIR --model ir -o t1.nrrd</code>.
+""")
+        self.parent.acknowledgementText = _("""
+Signal models follow the qMRI literature (Barral et al. 2010 for IR; Deoni et al. 2003 for VFA/DESPOT1;
+Deichmann and Haase 1992 for Look-Locker); fits use NumPy/SciPy.
+""")
+        _useSourceTreeIcon(self)
+
+
+# Panel label -> model id used by MedSegLib and the command line.
+QMRI_MODELS = {
+    "IR": "ir",
+    "VFA": "vfa",
+    "LookLocker": "look_locker",
+    "T2 SE": "t2_se",
+    "T2*": "t2_star",
+}
+
+
+#
+# MedSegQuantitativeMRIParameterNode
+#
+
+
+@parameterNodeWrapper
+class MedSegQuantitativeMRIParameterNode:
+    """Panel state kept in the scene, so a saved scene records how its maps were fitted."""
+
+    inputSequence: vtkMRMLSequenceNode
+    model: Annotated[str, Choice(list(QMRI_MODELS))] = "IR"
+    acquisitionValues: str = ""
+    repetitionTime: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
+    maskSegmentation: vtkMRMLSegmentationNode
+    maskSegmentID: str = ""
+    outputMap: vtkMRMLScalarVolumeNode
+    outputQuality: vtkMRMLScalarVolumeNode
+
+
+#
+# MedSegQuantitativeMRIWidget
+#
+
+
+class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel: sequence, model, protocol values, mask and outputs; Fit hands them to the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[MedSegQuantitativeMRILogic] = None
+        self._parameterNode: Optional[MedSegQuantitativeMRIParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._cancelToken = None
+        self._updatingMaskSelector = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiPath = _resourceFile(self, "UI/MedSegQuantitativeMRI.ui")
+        uiWidget = slicer.util.loadUI(uiPath)
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MedSegQuantitativeMRILogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # The segment selector has no parameter-node connector: keep node and segment ID in sync by hand.
+        self.ui.maskSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onMaskSelectionChanged)
+        self.ui.maskSegmentSelector.connect("currentSegmentChanged(QString)", self._onMaskSelectionChanged)
+        self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.onCancelButton()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.onCancelButton()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputSequence:
+            self._parameterNode.inputSequence = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+
+    def setParameterNode(self, inputParameterNode: Optional[MedSegQuantitativeMRIParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+            self._updatingMaskSelector = True
+            try:
+                self.ui.maskSegmentSelector.setCurrentNode(self._parameterNode.maskSegmentation)
+                self.ui.maskSegmentSelector.setCurrentSegmentID(self._parameterNode.maskSegmentID)
+            finally:
+                self._updatingMaskSelector = False
+        self._updateButtonStates()
+
+    def _onMaskSelectionChanged(self, *args) -> None:
+        if self._parameterNode is None or self._updatingMaskSelector:
+            return
+        wasModified = self._parameterNode.StartModify()
+        self._parameterNode.maskSegmentation = self.ui.maskSegmentSelector.currentNode()
+        self._parameterNode.maskSegmentID = self.ui.maskSegmentSelector.currentSegmentID() or ""
+        self._parameterNode.EndModify(wasModified)
+
+    def _updateButtonStates(self, caller=None, event=None) -> None:
+        running = self._cancelToken is not None
+        ready = self._parameterNode is not None and self._parameterNode.inputSequence is not None
+        self.ui.fitButton.enabled = ready and not running
+        self.ui.fitButton.toolTip = _("Fit the model in every (masked) voxel.") if ready else _(
+            "Select an input sequence.")
+        self.ui.cancelButton.enabled = running
+        self.ui.repetitionTimeSpinBox.enabled = self._parameterNode is not None and self._parameterNode.model == "VFA"
+
+    def _onProgress(self, fraction: float, message: str = "") -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        if message:
+            self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # keeps the Cancel button responsive during the fit
+
+    def onFitButton(self) -> None:
+        from MedSegLib.errors import OperationCancelled
+
+        parameters = self._parameterNode
+        self._cancelToken = self.logic.newCancelToken()
+        self._updateButtonStates()
+        self.ui.progressBar.value = 0
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Fit failed."), waitCursor=True):
+                try:
+                    outputMap, outputQuality = self.logic.fit(
+                        parameters.inputSequence, parameters.model,
+                        outputMap=parameters.outputMap, outputQuality=parameters.outputQuality,
+                        acquisitionValues=self.logic.parseAcquisitionValues(parameters.acquisitionValues),
+                        repetitionTime=parameters.repetitionTime,
+                        maskSegmentation=parameters.maskSegmentation, maskSegmentID=parameters.maskSegmentID,
+                        progressCallback=self._onProgress, cancelToken=self._cancelToken)
+                except OperationCancelled:
+                    self.ui.statusLabel.text = _("Cancelled.")
+                else:
+                    parameters.outputMap = outputMap
+                    parameters.outputQuality = outputQuality
+                    self.ui.progressBar.value = 100
+                    self.ui.statusLabel.text = _("Fitted: {node}").format(node=outputMap.GetName())
+                    slicer.util.setSliceViewerLayers(background=outputMap)
+        finally:
+            self._cancelToken = None
+            self._updateButtonStates()
+
+    def onCancelButton(self) -> None:
+        if self._cancelToken is not None:
+            self._cancelToken.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+
+
+#
+# MedSegQuantitativeMRILogic
+#
+
+
+class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
+    """Input checks and output nodes for the panel; the fitting itself is MedSegLib.qmri.fitting."""
+
+    def getParameterNode(self) -> MedSegQuantitativeMRIParameterNode:
+        return MedSegQuantitativeMRIParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def newCancelToken() -> Any:
+        from MedSegLib.progress import CancelToken
+
+        return CancelToken()
+
+    @staticmethod
+    def parseAcquisitionValues(text: str) -> Optional[List[float]]:
+        """'100, 400 1200' -> [100.0, 400.0, 1200.0]; blank -> None (values then come from the sequence)."""
+        tokens = text.replace(",", " ").replace(";", " ").split()
+        if not tokens:
+            return None
+        try:
+            return [float(token) for token in tokens]
+        except ValueError:
+            raise ValueError(_("Acquisition values must be numbers separated by commas: {text}").format(
+                text=text)) from None
+
+    def fit(self, inputSequence, model: str, outputMap=None, outputQuality=None,
+            acquisitionValues: Optional[List[float]] = None, repetitionTime: float = 0.0,
+            maskSegmentation=None, maskSegmentID: str = "", progressCallback=None,
+            cancelToken=None) -> Tuple[Any, Any]:
+        """Fit ``model`` (panel label or MedSegLib id); creates the parameter map volume if none is given.
+
+        Returns (parameter map, goodness-of-fit map or None).
+        """
+        if inputSequence is None:
+            raise ValueError(_("Select an input sequence."))
+        modelId = QMRI_MODELS.get(model, model)
+        if modelId not in QMRI_MODELS.values():
+            raise ValueError(_("Unknown model: {model}").format(model=model))
+        count = inputSequence.GetNumberOfDataNodes()
+        if count < 2:
+            raise ValueError(_("The sequence needs at least two volumes, it has {count}.").format(count=count))
+        if acquisitionValues is not None and len(acquisitionValues) != count:
+            raise ValueError(_("{given} acquisition values given for {count} volumes.").format(
+                given=len(acquisitionValues), count=count))
+        if modelId == "vfa" and repetitionTime <= 0:
+            raise ValueError(_("The VFA model needs the repetition time TR (ms)."))
+        fitting = _importMedSegLib("MedSegLib.qmri.fitting")
+        if outputMap is None:
+            scene = inputSequence.GetScene() or slicer.mrmlScene
+            outputMap = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{inputSequence.GetName()} {model} map")
+        mask = (maskSegmentation, maskSegmentID) if maskSegmentation is not None and maskSegmentID else None
+        fitting.fit_sequence_node(
+            inputSequence, model=modelId, acquisition_values=acquisitionValues,
+            repetition_time_ms=repetitionTime or None, mask=mask, output_map=outputMap,
+            output_quality=outputQuality, progress=progressCallback, cancel=cancelToken)
+        return outputMap, outputQuality
+
+
+#
+# MedSegQuantitativeMRITest
+#
+
+
+class MedSegQuantitativeMRITest(ScriptedLoadableModuleTest):
+    """Input checks of the qMRI panel logic in the application, plus MedSegLib's self-tests."""
+
+    SELFTEST_MODULE = "MedSegLib.selftests.runtime_selftests"
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_MedSegQuantitativeMRI_inputChecks()
+        self.setUp()
+        self.test_MedSegQuantitativeMRI_selftests()
+
+    def test_MedSegQuantitativeMRI_inputChecks(self) -> None:
+        import numpy as np
+
+        logic = MedSegQuantitativeMRILogic()
+        self.assertEqual(logic.parseAcquisitionValues("100, 400 1200"), [100.0, 400.0, 1200.0])
+        self.assertIsNone(logic.parseAcquisitionValues("  "))
+        with self.assertRaises(ValueError):
+            logic.parseAcquisitionValues("100, abc")
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "vfa")
+        for flipAngle in (3, 15):
+            volume = slicer.util.addVolumeFromArray(np.ones((2, 3, 4), dtype=np.float32), name=f"fa{flipAngle}")
+            sequence.SetDataNodeAtValue(volume, str(flipAngle))
+        with self.assertRaises(ValueError):
+            logic.fit(sequence, "VFA", repetitionTime=0.0)  # VFA without TR
+        with self.assertRaises(ValueError):
+            logic.fit(sequence, "IR", acquisitionValues=[100.0])  # one value for two volumes
+
+    def test_MedSegQuantitativeMRI_selftests(self) -> None:
+        try:
+            selftests = importlib.import_module(self.SELFTEST_MODULE)
+        except ImportError as error:
+            self.fail(f"{self.SELFTEST_MODULE} cannot be imported: {error}")
+        checks = getattr(selftests, "ALL_CHECKS", None) or {
+            name: value for name, value in vars(selftests).items() if name.startswith("check_") and callable(value)}
+        self.assertTrue(checks, f"{self.SELFTEST_MODULE} defines no check_* functions")
+        for name, check in sorted(checks.items()):
+            with self.subTest(check=name), tempfile.TemporaryDirectory(prefix="MedSegQuantitativeMRITest-") as workDir:
+                self.delayDisplay(f"Running {name}")
+                slicer.mrmlScene.Clear()
+                check(slicer.mrmlScene, Path(workDir))
