@@ -87,7 +87,7 @@ class MedSegDICOM(ScriptedLoadableModule):
 Import a folder of DICOM files into a MedSeg DICOM database, browse patients, studies and series,
 and load the selected series as volumes (CT in Hounsfield units, MR as stored), with warnings for
 series that need attention (missing slices, irregular spacing, mixed geometry).
-<br><br>Command-line equivalent: <code>medseg dicom import FOLDER --db DATABASE</code>,
+<br><br>Command-line equivalent: <code>medseg dicom import FOLDER --db DATABASE [--copy]</code>,
 <code>medseg dicom list --db DATABASE</code> and <code>medseg dicom load SERIES_UID --db DATABASE -o volume.nrrd</code>.
 """)
         self.parent.acknowledgementText = _("""

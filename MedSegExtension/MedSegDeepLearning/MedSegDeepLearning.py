@@ -301,7 +301,7 @@ class MedSegDeepLearningTest(ScriptedLoadableModuleTest):
         logic = MedSegDeepLearningLogic()
         segmentation = logic.ensureOutputSegmentation(volume)
         with self.assertRaises(ValueError):
-            logic.run(volume, Path(slicer.app.temporaryPath) / "no-such-model.pt", segmentation)
+            logic.run(volume, Path(tempfile.gettempdir()) / "no-such-model.pt", segmentation)
         token = logic.newCancelToken()
         token.cancel()
         self.assertTrue(token.cancelled)

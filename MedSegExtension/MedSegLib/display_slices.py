@@ -75,8 +75,10 @@ def resample_to_square_pixels(image: np.ndarray, row_spacing: float, col_spacing
 
 
 def window_to_uint8(values: np.ndarray, level: float, width: float) -> np.ndarray:
-    """display = clip((v - (level - width/2)) / width * 255, 0, 255), rounded to the nearest grey level."""
-    if width <= 0:
-        raise ValueError(f"window width must be positive, got {width}")
-    scaled = (np.asarray(values, dtype=np.float32) - np.float32(level - width / 2.0)) * np.float32(255.0 / width)
-    return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+    """Seed formula clip((v - (level - width/2)) / width * 255, 0, 255), truncated as Slicer's display does.
+
+    Kept for callers of this module; the exact, fast implementation is MedSegLib.windowing.fast_window.
+    """
+    from MedSegLib.windowing.fast_window import window_to_uint8 as exact_window_to_uint8
+
+    return exact_window_to_uint8(values, level, width)

@@ -4,17 +4,14 @@ Window/level is display state of the volume's ``vtkMRMLScalarVolumeDisplayNode``
 automatic window/level off before setting values, otherwise Slicer recomputes and overwrites them.
 """
 
-import glob
 import importlib
 import importlib.util
-import json
-import logging
 import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Tuple
+from typing import Annotated, Any, List, Optional, Tuple
 
 import qt
 import slicer
@@ -41,6 +38,19 @@ def _ensureMedSegLibImportable() -> None:
 
 
 _ensureMedSegLibImportable()
+
+
+def _importMedSegLib(moduleName: str) -> Any:
+    """Import a MedSegLib module lazily; a part that is not in this build becomes one readable error."""
+    try:
+        return importlib.import_module(moduleName)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "MedSegLib":
+            message = _("{module} is not available in this MedSeg build (missing {missing}).").format(
+                module=moduleName, missing=error.name)
+        else:
+            message = _("{module} needs the Python package '{package}'.").format(module=moduleName, package=error.name)
+        raise RuntimeError(message) from error
 
 
 def _resourceFile(owner: Any, relativePath: str) -> str:
@@ -76,11 +86,12 @@ class MedSegWindowing(ScriptedLoadableModule):
         self.parent.dependencies = ["Volumes"]
         self.parent.contributors = ["MedSeg developers (MedSeg project)"]
         self.parent.helpText = _("""
-Set the display window/level of a scalar volume from presets (CT bone, lung, brain, abdomen, air and any
-preset file in Resources/Presets) or with the WW/WL sliders. Values are stored on the volume's display
-node, so they are saved with the scene and shown in every slice view.
-<br><br>Command-line equivalent: <code>medseg window VOLUME --preset CT_LUNG -o slices.png</code>
-(or <code>--window W --level L</code>).
+Set the display window/level of a scalar volume from presets or with the WW/WL sliders. Presets are
+3D Slicer's CT presets, published clinical CT windows and volume-adaptive (percentile) windows, plus
+those of an optional user preset file (same JSON schema as Resources/Presets/window_presets.json).
+Values are stored on the volume's display node, so they are saved with the scene and shown in every view.
+<br><br>Command-line equivalent: <code>medseg window VOLUME --preset CT-Lung -o slice.png</code>
+(or <code>--ww W --wl L</code>; <code>--presets FILE</code> adds a user preset file).
 """)
         self.parent.acknowledgementText = _("""
 Preset values follow 3D Slicer's Volumes module (VolumeDisplayPresets.json) so that MedSeg and Slicer
@@ -94,13 +105,19 @@ show the same image for the same preset name.
 #
 
 
+# Parameter bounds: wide enough for CT (HU), MR and float maps (e.g. 0..1); the sliders' visible range is
+# narrowed to each volume's intensities (3 decimals, so WINDOW_MIN is representable).
+WINDOW_MIN, WINDOW_MAX, LEVEL_MAX = 1e-3, 1e6, 1e6
+
+
 @parameterNodeWrapper
 class MedSegWindowingParameterNode:
     """Panel state; ``window``/``level`` mirror the selected volume's display node."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    window: Annotated[float, WithinRange(1.0, 65536.0)] = 400.0
-    level: Annotated[float, WithinRange(-32768.0, 65536.0)] = 40.0
+    userPresetFile: Path
+    window: Annotated[float, WithinRange(WINDOW_MIN, WINDOW_MAX)] = 400.0
+    level: Annotated[float, WithinRange(-LEVEL_MAX, LEVEL_MAX)] = 40.0
 
 
 #
@@ -120,6 +137,7 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedDisplayNode = None
         self._switchingVolume = False
         self._presetButtons: List[qt.QPushButton] = []
+        self._presetFile: Optional[Path] = None  # user preset file the buttons were built for
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -130,7 +148,7 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MedSegWindowingLogic()
-        self._createPresetButtons()
+        qt.QGridLayout(self.ui.presetButtonsFrame).setContentsMargins(0, 0, 0, 0)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -139,13 +157,27 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def _createPresetButtons(self) -> None:
-        layout = qt.QGridLayout(self.ui.presetButtonsFrame)
-        layout.setContentsMargins(0, 0, 0, 0)
-        for index, preset in enumerate(self.logic.presets()):
-            button = qt.QPushButton(preset["name"])
-            button.toolTip = _("WW {window:g}, WL {level:g}").format(window=preset["window"], level=preset["level"])
-            button.enabled = False
-            button.connect("clicked(bool)", lambda checked, presetId=preset["id"]: self.onPresetButton(presetId))
+        """One button per preset of the library and the user's preset file (rebuilt when that file changes)."""
+        layout = self.ui.presetButtonsFrame.layout()
+        for button in self._presetButtons:
+            layout.removeWidget(button)
+            button.deleteLater()
+        self._presetButtons = []
+        userFile = self._parameterNode.userPresetFile
+        self._presetFile = userFile
+        presets = []
+        for presetFile in (userFile, None):  # a broken user file: say why, and still offer the library
+            try:
+                presets = self.logic.presets(presetFile)
+                break
+            except Exception as error:
+                self.ui.statusLabel.text = str(error)
+        for index, preset in enumerate(presets):
+            button = qt.QPushButton(preset.name)
+            values = (_("computed from the volume") if preset.is_percentile else
+                      _("WW {window:g}, WL {level:g}").format(window=preset.window, level=preset.level))
+            button.toolTip = "\n".join(filter(None, [values, preset.description, preset.source]))
+            button.connect("clicked(bool)", lambda checked, name=preset.name: self.onPresetButton(name))
             layout.addWidget(button, index // 3, index % 3)
             self._presetButtons.append(button)
 
@@ -186,6 +218,8 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A new volume: show its current window/level. Same volume: push slider values to it."""
         if self._switchingVolume:
             return
+        if self._parameterNode and (self._parameterNode.userPresetFile != self._presetFile or not self._presetButtons):
+            self._createPresetButtons()
         volume = self._parameterNode.inputVolume if self._parameterNode else None
         for button in self._presetButtons + [self.ui.autoButton]:
             button.enabled = volume is not None
@@ -220,6 +254,7 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode or not self._parameterNode.inputVolume:
             return
         window, level = self.logic.windowLevel(self._parameterNode.inputVolume)
+        window, level = min(max(window, WINDOW_MIN), WINDOW_MAX), min(max(level, -LEVEL_MAX), LEVEL_MAX)
         if self.logic.sameWindowLevel((window, level), (self._parameterNode.window, self._parameterNode.level)):
             return
         wasModified = self._parameterNode.StartModify()  # one Modified event, so W and L are applied together
@@ -230,17 +265,18 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fitSliderRanges(self, volume) -> None:
         """Slider ranges follow the volume's intensities (and include its current W/L), for usable resolution."""
         low, high = volume.GetImageData().GetScalarRange() if volume.GetImageData() else (0.0, 1.0)
-        span = max(high - low, 1.0)
+        span = max(high - low, WINDOW_MIN)
         window, level = self.logic.windowLevel(volume)
-        self.ui.windowSliderWidget.setRange(1.0, min(max(2.0 * span, 1.5 * window), 65536.0))
-        self.ui.levelSliderWidget.setRange(max(min(low - 0.5 * span, level), -32768.0),
-                                           min(max(high + 0.5 * span, level), 65536.0))
+        self.ui.windowSliderWidget.setRange(WINDOW_MIN, min(max(2.0 * span, 1.5 * window), WINDOW_MAX))
+        self.ui.levelSliderWidget.setRange(max(min(low - 0.5 * span, level), -LEVEL_MAX),
+                                           min(max(high + 0.5 * span, level), LEVEL_MAX))
 
-    def onPresetButton(self, presetId: str) -> None:
+    def onPresetButton(self, presetName: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to apply the preset."), waitCursor=True):
-            window, level = self.logic.applyPreset(self._parameterNode.inputVolume, presetId)
+            parameters = self._parameterNode
+            window, level = self.logic.applyPreset(parameters.inputVolume, presetName, parameters.userPresetFile)
             self.ui.statusLabel.text = _("{preset}: WW {window:g}, WL {level:g}").format(
-                preset=presetId, window=window, level=level)
+                preset=presetName, window=window, level=level)
 
     def onAutoButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to set automatic window/level."), waitCursor=True):
@@ -254,63 +290,21 @@ class MedSegWindowingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedSegWindowingLogic(ScriptedLoadableModuleLogic):
-    """Preset table plus the three display-node operations the panel needs."""
+    """Presets come from MedSegLib.windowing.presets (shared with the command line); this class applies them."""
 
-    # Slicer's VolumeDisplayPresets.json CT presets (id, name, window, level): same names, same image.
-    BUILTIN_PRESETS: Tuple[Tuple[str, str, float, float], ...] = (
-        ("CT_ABDOMEN", "CT-Abdomen", 350.0, 40.0),
-        ("CT_BRAIN", "CT-Brain", 100.0, 50.0),
-        ("CT_BONE", "CT-Bone", 1000.0, 400.0),
-        ("CT_LUNG", "CT-Lung", 1400.0, -500.0),
-        ("CT_AIR", "CT-Air", 1000.0, -426.0),
-    )
-
-    # Differences below the sliders' resolution (1 decimal) are not changes: rounding in the GUI
+    # Differences below the sliders' resolution (3 decimals) are not changes: rounding in the GUI
     # must not switch a volume from automatic to fixed window/level.
-    TOLERANCE = 0.05
-
-    def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._presets: Optional[List[Dict[str, Any]]] = None
+    TOLERANCE = 0.0005
 
     def getParameterNode(self) -> MedSegWindowingParameterNode:
         return MedSegWindowingParameterNode(super().getParameterNode())
 
-    def presets(self) -> List[Dict[str, Any]]:
-        """Built-in presets, then those of every Resources/Presets/*.json in Slicer's volumeDisplayPresets format.
-
-        A file preset with a built-in id replaces it; files in other formats are ignored.
-        """
-        if self._presets is None:
-            byId = {presetId: {"id": presetId, "name": name, "window": window, "level": level}
-                    for presetId, name, window, level in self.BUILTIN_PRESETS}
-            for path in self._presetFiles():
-                try:
-                    with open(path, encoding="utf-8") as file:
-                        entries = json.load(file).get("volumeDisplayPresets", [])
-                    for entry in entries:
-                        byId[entry["id"]] = {"id": entry["id"], "name": entry.get("name", entry["id"]),
-                                             "window": float(entry["window"]), "level": float(entry["level"])}
-                except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
-                    logging.warning(f"MedSegWindowing: skipping preset file {path}: {error}")
-            self._presets = list(byId.values())
-        return self._presets
-
     @staticmethod
-    def _presetFiles() -> List[str]:
-        try:
-            from MedSegLib.resources import resource_path
-
-            presetDir = resource_path("Presets")
-        except (ImportError, FileNotFoundError):
-            return []
-        return sorted(glob.glob(os.path.join(str(presetDir), "*.json")))
-
-    def preset(self, presetId: str) -> Dict[str, Any]:
-        for preset in self.presets():
-            if preset["id"] == presetId:
-                return preset
-        raise ValueError(_("Unknown window/level preset: {preset}").format(preset=presetId))
+    def presets(userPresetFile: Optional[Path] = None) -> List[Any]:
+        """The preset library plus the presets of ``userPresetFile`` (and of ``$MEDSEG_PRESETS``)."""
+        presetsModule = _importMedSegLib("MedSegLib.windowing.presets")
+        userFile = os.fspath(userPresetFile) if userPresetFile and os.fspath(userPresetFile) not in ("", ".") else None
+        return presetsModule.load_presets([userFile] if userFile else None)
 
     @staticmethod
     def displayNode(volumeNode) -> Any:
@@ -327,18 +321,24 @@ class MedSegWindowingLogic(ScriptedLoadableModuleLogic):
     def sameWindowLevel(cls, first: Tuple[float, float], second: Tuple[float, float]) -> bool:
         return all(math.isclose(a, b, abs_tol=cls.TOLERANCE) for a, b in zip(first, second))
 
-    def setWindowLevel(self, volumeNode, window: float, level: float) -> None:
+    def setWindowLevel(self, volumeNode, window: float, level: float, colorNodeID: Optional[str] = None) -> None:
         """Fixed window/level; auto W/L is switched off first or Slicer would overwrite the values."""
         displayNode = self.displayNode(volumeNode)
         wasModified = displayNode.StartModify()
         displayNode.SetAutoWindowLevel(0)
         displayNode.SetWindowLevel(window, level)
+        if colorNodeID:
+            displayNode.SetAndObserveColorNodeID(colorNodeID)
         displayNode.EndModify(wasModified)
 
-    def applyPreset(self, volumeNode, presetId: str) -> Tuple[float, float]:
-        preset = self.preset(presetId)
-        self.setWindowLevel(volumeNode, preset["window"], preset["level"])
-        return preset["window"], preset["level"]
+    def applyPreset(self, volumeNode, presetName: str, userPresetFile: Optional[Path] = None) -> Tuple[float, float]:
+        """Apply a preset by name, id or alias; percentile presets are computed from this volume's voxels."""
+        presetsModule = _importMedSegLib("MedSegLib.windowing.presets")
+        preset = presetsModule.find_preset(presetName, self.presets(userPresetFile))
+        values = slicer.util.arrayFromVolume(volumeNode) if preset.is_percentile else None
+        window, level = preset.window_level(values)
+        self.setWindowLevel(volumeNode, window, level, preset.color)
+        return window, level
 
     def setAutoWindowLevel(self, volumeNode) -> None:
         self.displayNode(volumeNode).SetAutoWindowLevel(1)
@@ -350,9 +350,9 @@ class MedSegWindowingLogic(ScriptedLoadableModuleLogic):
 
 
 class MedSegWindowingTest(ScriptedLoadableModuleTest):
-    """Window/level logic in the application, plus MedSegLib's runtime self-tests."""
+    """Window/level logic in the application, plus MedSegLib's windowing self-tests."""
 
-    SELFTEST_MODULE = "MedSegLib.selftests.runtime_selftests"
+    SELFTEST_MODULE = "MedSegLib.selftests.windowing_selftests"
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -369,14 +369,17 @@ class MedSegWindowingTest(ScriptedLoadableModuleTest):
         voxels = np.random.default_rng(0).integers(-1000, 1000, size=(4, 5, 6)).astype(np.int16)
         volume = slicer.util.addVolumeFromArray(voxels, name="windowing")
         logic = MedSegWindowingLogic()
-        window, level = logic.applyPreset(volume, "CT_LUNG")
+        self.assertIn("CT-Lung", [preset.name for preset in logic.presets()])
+        window, level = logic.applyPreset(volume, "CT_LUNG")  # Slicer's CT-Lung: W 1400, L -500
         displayNode = volume.GetDisplayNode()
         self.assertEqual((window, level), (1400.0, -500.0))
         self.assertEqual((displayNode.GetWindow(), displayNode.GetLevel()), (1400.0, -500.0))
         self.assertFalse(displayNode.GetAutoWindowLevel(), "auto W/L must be off after a preset")
         logic.setAutoWindowLevel(volume)
         self.assertTrue(displayNode.GetAutoWindowLevel())
-        with self.assertRaises(ValueError):
+        from MedSegLib.errors import UserInputError
+
+        with self.assertRaises(UserInputError):
             logic.applyPreset(volume, "NO_SUCH_PRESET")
 
     def test_MedSegWindowing_selftests(self) -> None:

@@ -436,6 +436,14 @@ def test_reimport_skips_unchanged_and_rereads_touched(tmp_path, shared_data):
     db.closeDatabase()
 
 
+def test_overlapping_inputs_index_each_file_once(tmp_path, shared_data):
+    folder = shared_data / "hazen_relaxometry" / "T2" / "site3_ge"
+    db = DicomDatabase(tmp_path / "db")
+    summary = import_paths(db, [str(folder), str(folder / "plate4"), str(small_series(shared_data)[0])], mode="serial")
+    assert (summary.files_seen, summary.added, summary.duplicates) == (16, 16, [])
+    db.closeDatabase()
+
+
 def test_threads_processes_and_serial_give_the_same_database(tmp_path, shared_data):
     folder = shared_data / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004"
     results = {}
@@ -483,7 +491,7 @@ def make_bad_corpus(shared_data: Path, folder: Path) -> Dict[str, Path]:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["medseg-t1"])
     files["no_position"] = folder / "no_position.dcm"
     ds.save_as(files["no_position"])
-    mr = sorted((shared_data / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").iterdir())[0]
+    mr = sorted((shared_data / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[0]
     ds = pydicom.dcmread(mr)
     ds.SeriesInstanceUID = pydicom.dcmread(ct[0], stop_before_pixels=True).SeriesInstanceUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["medseg-t2"])
@@ -508,6 +516,7 @@ def test_bad_files_are_reported_and_import_continues(tmp_path, shared_data):
     assert summary.duplicate_sop_instance_uid
     assert [d[2] for d in summary.duplicates] == [str(files["duplicate"])]
     assert summary.no_pixel_data == [str(files["no_pixels"])]
+    assert summary.missing_position == [str(files["no_position"])]
     assert any("duplicate SOPInstanceUID" in w for w in summary.warnings())
     assert before == checksums(folder), "the input folder was modified"
     listing = describe_database(db)
@@ -522,6 +531,29 @@ def test_bad_files_are_reported_and_import_continues(tmp_path, shared_data):
     db.closeDatabase()
 
 
+def test_cancelled_import_keeps_a_consistent_database(tmp_path, shared_data):
+    from MedSegLib.errors import OperationCancelled
+
+    folder = shared_data / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0005"
+    db = DicomDatabase(tmp_path / "db")
+
+    def cancel_after_first_chunk(done: int, total: int) -> None:
+        if done >= 64:
+            raise OperationCancelled()
+
+    with pytest.raises(OperationCancelled):
+        import_paths(db, [str(folder)], mode="serial", chunk_size=32, commit_every=32,
+                     progress=cancel_after_first_chunk)
+    (series,) = db_series_uids(db)
+    indexed = db.imagesCount()
+    assert 0 < indexed < 150
+    assert db.fieldForSeries("DisplayedCount", series) == str(indexed)  # committed part is complete
+    resumed = import_paths(db, [str(folder)], mode="serial")
+    assert (resumed.unchanged, resumed.added) == (indexed, 150 - indexed)
+    assert db.fieldForSeries("DisplayedCount", series) == "150"
+    db.closeDatabase()
+
+
 def test_header_reader_reports_reasons(tmp_path, shared_data):
     path = tmp_path / "cut.dcm"
     data = sorted((shared_data / "dcm_qa_ct" / "In" / "GE").glob("*.dcm"))[0].read_bytes()
@@ -530,6 +562,40 @@ def test_header_reader_reports_reasons(tmp_path, shared_data):
         read_header(str(path))
     record = read_header(str(sorted((shared_data / "dcm_qa_ct" / "In" / "GE").glob("*.dcm"))[0]))
     assert record.has_pixel_data and record.values["0008,0060"] == "CT"
+
+
+@pytest.mark.parametrize("variant", ["implicit", "deflated", "bare", "utf8", "latin1", "japanese"])
+def test_header_reader_matches_pydicom_on_encodings(tmp_path, shared_data, variant):
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(small_series(shared_data)[0])
+    path = tmp_path / f"{variant}.dcm"
+    if variant == "implicit":
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    elif variant == "deflated":
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(path)
+    elif variant == "bare":  # no preamble, no file meta (DCMTK and so Slicer accept these)
+        with open(path, "wb") as raw:
+            fp = DicomFileLike(raw)
+            fp.is_little_endian, fp.is_implicit_VR = True, True
+            write_dataset(fp, ds)
+    else:
+        charset, name = {"utf8": ("ISO_IR 192", "Müller^Jörg"), "latin1": ("ISO_IR 100", "Müller^Jörg"),
+                         "japanese": ("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎")}[variant]
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+        ds.PatientName = name
+        ds.SeriesDescription = "Série Ω" if variant == "utf8" else ds.SeriesDescription
+        ds.save_as(path)
+    reference = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    record = read_header(str(path))
+    assert record.has_pixel_data
+    for key, _vr in CACHED_TAGS.values():
+        expected = "" if variant == "bare" and key.startswith("0002") else pydicom_tag_value(reference, key)
+        assert record.values.get(key, "") == expected, key
 
 
 # ----------------------------------------------------------------------------- copy, remove
@@ -604,7 +670,7 @@ def test_cli_text_summary_and_env_default(tmp_path, shared_data, capsys, monkeyp
     folder = shared_data / "dcm_qa_nih" / "In" / "20180918Si"
     assert main(["dicom", "import", str(folder), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "added: 8" in out and "non-DICOM (skipped): 1" in out
+    assert "added: 8" in out and "non-DICOM (skipped): 5" in out  # the README-*.txt files
     assert (tmp_path / "envdb" / DATABASE_FILENAME).is_file()
 
 
@@ -616,3 +682,9 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert not (tmp_path / "db").exists()
     assert main(["dicom", "list", "--db", str(tmp_path / "nodb"), "--json"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / DATABASE_FILENAME).write_bytes(b"this is not an SQLite file" * 100)
+    assert main(["dicom", "list", "--db", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and DATABASE_FILENAME in err

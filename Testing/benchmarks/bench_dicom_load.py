@@ -99,7 +99,7 @@ def main() -> None:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
             reader.SetOutputPixelType(sitk.sitkInt16)
-            return sitk.GetArrayViewFromImage(reader.Execute())
+            return sitk.GetArrayFromImage(reader.Execute())
 
         results["SimpleITK ImageSeriesReader (int16)"], itk = time_it(read_sitk, args.repeat)
         same = np.array_equal(np.asarray(itk), volume.array)

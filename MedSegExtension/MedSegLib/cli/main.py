@@ -19,6 +19,7 @@ COMMAND_MODULES: List[str] = [
     "MedSegLib.cli.info_command",
     "MedSegLib.cli.demo_command",
     "MedSegLib.cli.dicom_command",
+    "MedSegLib.cli.window_command",
 ]
 
 EXIT_OK = 0

@@ -319,11 +319,12 @@ class DicomDatabase:
                 raise UserInputError(f"cannot create the database folder: {error.strerror}", directory) from None
         try:
             self._conn: Optional[sqlite3.Connection] = sqlite3.connect(db_file, isolation_level=None)
+            if not exists:
+                self._initialize_database()
         except sqlite3.Error as error:
-            raise UserInputError(f"cannot open the DICOM database: {error}", db_file) from None
+            self._conn = None
+            raise UserInputError(f"cannot create the DICOM database: {error}", db_file) from None
         conn = self._conn
-        if not exists:
-            self._initialize_database()
         version = self.schemaVersionLoaded()
         if version != SCHEMA_VERSION:
             conn.close()
@@ -333,17 +334,23 @@ class DicomDatabase:
                 "(update it in 3D Slicer, or use another --db folder)",
                 db_file,
             )
-        tag_cache_file = os.path.join(directory, TAG_CACHE_FILENAME)
-        conn.execute("ATTACH DATABASE ? AS tc", (tag_cache_file,))
-        if not conn.execute("SELECT name FROM tc.sqlite_master WHERE type='table' AND name='TagCache'").fetchone():
-            conn.execute(TAG_CACHE_SQL.replace("CREATE TABLE TagCache", "CREATE TABLE tc.TagCache"))
-        conn.execute("ATTACH DATABASE ? AS mi", (os.path.join(directory, FILE_INDEX_FILENAME),))
-        conn.executescript(
-            FILE_INDEX_SQL.replace("EXISTS Files", "EXISTS mi.Files")
-            .replace("EXISTS FilesSOPIndex", "EXISTS mi.FilesSOPIndex")
-            .replace("EXISTS Info", "EXISTS mi.Info")
-        )
+        try:
+            tag_cache_file = os.path.join(directory, TAG_CACHE_FILENAME)
+            conn.execute("ATTACH DATABASE ? AS tc", (tag_cache_file,))
+            if not conn.execute("SELECT name FROM tc.sqlite_master WHERE type='table' AND name='TagCache'").fetchone():
+                conn.execute(TAG_CACHE_SQL.replace("CREATE TABLE TagCache", "CREATE TABLE tc.TagCache"))
+            conn.execute("ATTACH DATABASE ? AS mi", (os.path.join(directory, FILE_INDEX_FILENAME),))
+            conn.executescript(
+                FILE_INDEX_SQL.replace("EXISTS Files", "EXISTS mi.Files")
+                .replace("EXISTS FilesSOPIndex", "EXISTS mi.FilesSOPIndex")
+                .replace("EXISTS Info", "EXISTS mi.Info")
+            )
+        except sqlite3.Error as error:
+            conn.close()
+            self._conn = None
+            raise UserInputError(f"cannot open the tag cache or file index: {error}", directory) from None
         self._instance_for_file: Dict[str, str] = {}
+        self._cached_tag_keys: Optional[frozenset] = None
 
     # ------------------------------------------------------------------ lifecycle
     def _initialize_database(self) -> None:
@@ -551,11 +558,26 @@ class DicomDatabase:
             cached = self.cachedTag(sop, tag)
             if cached:
                 return "" if cached in _MARKERS else cached
-            from MedSegLib.dicom.indexer import TAG_KEYWORDS
-
-            if tag in TAG_KEYWORDS and self._indexed_by_medseg(sop):
-                return ""  # MedSeg caches every present value of these tags: absent means not in the file
+            if tag in self.cached_tag_keys() and self._indexed_by_medseg(sop):
+                return ""  # MedSeg cached every present value of these tags: absent means not in the file
         return self._value_from_file(self.absolute_path(fileName), sop, tag)
+
+    def cached_tag_keys(self) -> frozenset:
+        """Tags every MedSeg import of this database cached for each instance (when present in the file)."""
+        if self._cached_tag_keys is None:
+            stored = self._scalar("SELECT Value FROM mi.Info WHERE Key = 'CachedTags'")
+            self._cached_tag_keys = frozenset(stored.split(";")) if stored else frozenset()
+        return self._cached_tag_keys
+
+    def record_cached_tags(self, keys: Sequence[str]) -> None:
+        """Remember which tags imports cache; keeps the intersection when versions differ."""
+        keys_set = frozenset(k.upper() for k in keys)
+        stored = self._scalar("SELECT Value FROM mi.Info WHERE Key = 'CachedTags'")
+        had_files = self._scalar("SELECT 1 FROM mi.Files WHERE Status = ? LIMIT 1", (STATUS_INDEXED,))
+        if stored or had_files:
+            keys_set &= frozenset(stored.split(";")) if stored else frozenset()
+        self._db().execute("INSERT OR REPLACE INTO mi.Info VALUES ('CachedTags', ?)", (";".join(sorted(keys_set)),))
+        self._cached_tag_keys = keys_set
 
     def _indexed_by_medseg(self, sop: str) -> bool:
         return bool(self._scalar("SELECT 1 FROM mi.Files WHERE SOPInstanceUID = ? AND Status = ? LIMIT 1",
@@ -672,7 +694,7 @@ class DicomDatabase:
         conn.execute(
             "UPDATE Studies SET DisplayedNumberOfSeries = ?, DisplayedFieldsUpdatedTimestamp = ?, "
             "ModalitiesInStudy = COALESCE(NULLIF(ModalitiesInStudy, ''), ?) WHERE StudyInstanceUID = ?",
-            (count, timestamp or _utc_now(), "\\".join(modalities), study_uid),
+            (count, timestamp or utc_timestamp(), "\\".join(modalities), study_uid),
         )
 
     def _update_displayed_patient(self, patient_uid: str, timestamp: Optional[str] = None) -> None:
@@ -684,12 +706,12 @@ class DicomDatabase:
         conn.execute(
             "UPDATE Patients SET DisplayedNumberOfStudies = ?, DisplayedLastStudyDate = ?, "
             "DisplayedFieldsUpdatedTimestamp = ? WHERE UID = ?",
-            (count, last_iso, timestamp or _utc_now(), patient_uid),
+            (count, last_iso, timestamp or utc_timestamp(), patient_uid),
         )
 
     def update_displayed_fields(self, series: Iterable[str], studies: Iterable[str], patients: Iterable[str]) -> None:
         """Recount what CTK's displayed-field rules show (instances/series/studies, size, last date)."""
-        timestamp = _utc_now()
+        timestamp = utc_timestamp()
         for uid in series:
             self._update_displayed_series(uid, timestamp)
         for uid in studies:
@@ -748,7 +770,7 @@ class DicomDatabase:
         return destination
 
 
-def _utc_now() -> str:
+def utc_timestamp() -> str:
     """SQLite's CURRENT_TIMESTAMP form (UTC), which CTK writes into DisplayedFieldsUpdatedTimestamp."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 

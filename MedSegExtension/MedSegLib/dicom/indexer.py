@@ -1,8 +1,9 @@
 """Headless DICOM import: folder walk, fast parallel header reading, import summary.
 
 Why a hand-written header walker: ``pydicom.dcmread(stop_before_pixels=True)`` builds a full
-``Dataset`` (hundreds of elements, private blocks, sequences) and manages ~500 files/s per core;
-indexing only needs ~80 top-level elements. The walker below reads element headers, keeps the
+``Dataset`` (hundreds of elements, private blocks, sequences) and manages a few hundred files/s per
+core; indexing only needs about 60 top-level elements (measured ~6-10x faster, see
+``Testing/benchmarks/bench_dicom_import.py``). The walker below reads element headers, keeps the
 values of ``CACHED_TAGS``, skips everything else by length, and stops at Pixel Data, which it
 also checks for truncation (a check ``stop_before_pixels`` cannot do). Values are converted to
 the same strings pydicom gives (multi-values joined with ``\\``), so ``fileValue`` answers are
@@ -31,6 +32,7 @@ from MedSegLib.dicom.database import (
     dicom_int,
     human_readable_patient_name,
     now_timestamp,
+    utc_timestamp,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 # Tags cached per instance (TagCache keys are "GGGG,EEEE", upper-case hex, as CTK writes them)
 # --------------------------------------------------------------------------------------
 
-#: keyword -> (tag key, VR used when the file is implicit VR)
+#: keyword -> (tag key, VR used when the file is implicit VR). What the series splitter and loader ask for
+#: (geometry, acquisition parameters, display and rescale), what CTK's browser shows, and the character set.
+#: Kept short on purpose: every entry is one TagCache row per instance, the main cost of an import.
 CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "TransferSyntaxUID": ("0002,0010", "UI"),
     "SpecificCharacterSet": ("0008,0005", "CS"),
@@ -49,9 +53,6 @@ CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "SOPInstanceUID": ("0008,0018", "UI"),
     "StudyDate": ("0008,0020", "DA"),
     "SeriesDate": ("0008,0021", "DA"),
-    "AcquisitionDate": ("0008,0022", "DA"),
-    "ContentDate": ("0008,0023", "DA"),
-    "AcquisitionDateTime": ("0008,002A", "DT"),
     "StudyTime": ("0008,0030", "TM"),
     "SeriesTime": ("0008,0031", "TM"),
     "AcquisitionTime": ("0008,0032", "TM"),
@@ -65,7 +66,6 @@ CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "StudyDescription": ("0008,1030", "LO"),
     "SeriesDescription": ("0008,103E", "LO"),
     "PerformingPhysicianName": ("0008,1050", "PN"),
-    "ManufacturerModelName": ("0008,1090", "LO"),
     "PatientName": ("0010,0010", "PN"),
     "PatientID": ("0010,0020", "LO"),
     "PatientBirthDate": ("0010,0030", "DA"),
@@ -76,20 +76,16 @@ CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "ContrastBolusAgent": ("0018,0010", "LO"),
     "BodyPartExamined": ("0018,0015", "CS"),
     "ScanningSequence": ("0018,0020", "CS"),
-    "SequenceVariant": ("0018,0021", "CS"),
     "MRAcquisitionType": ("0018,0023", "CS"),
     "SliceThickness": ("0018,0050", "DS"),
     "RepetitionTime": ("0018,0080", "DS"),
     "EchoTime": ("0018,0081", "DS"),
     "InversionTime": ("0018,0082", "DS"),
     "EchoNumbers": ("0018,0086", "IS"),
-    "MagneticFieldStrength": ("0018,0087", "DS"),
     "SpacingBetweenSlices": ("0018,0088", "DS"),
-    "ProtocolName": ("0018,1030", "LO"),
     "TriggerTime": ("0018,1060", "DS"),
     "GantryDetectorTilt": ("0018,1120", "DS"),
     "FlipAngle": ("0018,1314", "DS"),
-    "PatientPosition": ("0018,5100", "CS"),
     "DiffusionBValue": ("0018,9087", "FD"),
     "DiffusionGradientOrientation": ("0018,9089", "FD"),
     "StudyInstanceUID": ("0020,000D", "UI"),
@@ -102,9 +98,6 @@ CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "ImageOrientationPatient": ("0020,0037", "DS"),
     "FrameOfReferenceUID": ("0020,0052", "UI"),
     "TemporalPositionIdentifier": ("0020,0100", "IS"),
-    "NumberOfTemporalPositions": ("0020,0105", "IS"),
-    "ImagesInAcquisition": ("0020,1002", "IS"),
-    "SliceLocation": ("0020,1041", "DS"),
     "SamplesPerPixel": ("0028,0002", "US"),
     "PhotometricInterpretation": ("0028,0004", "CS"),
     "NumberOfFrames": ("0028,0008", "IS"),
@@ -112,14 +105,11 @@ CACHED_TAGS: Dict[str, Tuple[str, str]] = {
     "Columns": ("0028,0011", "US"),
     "PixelSpacing": ("0028,0030", "DS"),
     "BitsAllocated": ("0028,0100", "US"),
-    "BitsStored": ("0028,0101", "US"),
     "PixelRepresentation": ("0028,0103", "US"),
     "WindowCenter": ("0028,1050", "DS"),
     "WindowWidth": ("0028,1051", "DS"),
     "RescaleIntercept": ("0028,1052", "DS"),
     "RescaleSlope": ("0028,1053", "DS"),
-    "RescaleType": ("0028,1054", "LO"),
-    "WindowCenterWidthExplanation": ("0028,1055", "LO"),
 }
 
 #: tag key -> keyword (for reports)
@@ -137,6 +127,7 @@ _SHORT_VRS = frozenset(
     | {b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_VR_HEADER = {**{vr: 8 for vr in _SHORT_VRS}, **{vr: 12 for vr in _LONG_VRS}}
 _BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -148,9 +139,8 @@ _STRIP_BOTH = frozenset({"DS", "IS", "AE"})
 _STRIP_EACH = frozenset({"LO", "SH", "UC"})
 _CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 _unpack_from = struct.unpack_from
-_S_EXPLICIT = struct.Struct("<HH2sH").unpack_from
+_S_EXPLICIT = struct.Struct("<HH2sHI").unpack_from
 _S_IMPLICIT = struct.Struct("<HHI").unpack_from
-_S_U32 = struct.Struct("<I").unpack_from
 
 
 class NotDicomError(Exception):
@@ -186,13 +176,18 @@ class _Reader:
         off = pos - self.start
         if off >= 0 and off + n <= len(self.buf):
             return self.buf, off
+        pad = 0
         if pos + n > self.size:
-            raise DicomReadError(f"truncated: needs bytes {pos}..{pos + n} but the file has {self.size}")
+            if pos + 8 > self.size:
+                raise DicomReadError(f"truncated: needs bytes {pos}..{pos + n} but the file has {self.size}")
+            pad = pos + n - self.size  # an element header at the very end: zero-pad its unused long length
         self.f.seek(pos)
         self.buf = self.f.read(max(n, _CHUNK))
         self.start = pos
-        if len(self.buf) < n:
+        if len(self.buf) < n - pad:
             raise DicomReadError(f"truncated: short read at byte {pos}")
+        if pad:
+            self.buf += b"\x00" * pad
         return self.buf, 0
 
 
@@ -298,11 +293,14 @@ def read_header(path: str, file_size: Optional[int] = None) -> HeaderRecord:
 
 def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
     size = reader.size
+    if size == 0:
+        raise NotDicomError("empty file")
     raw_values: Dict[int, Tuple[bytes, str]] = {}
     transfer_syntax = ""
     media_sop_class = ""
     media_sop_instance = ""
-    if len(head) >= 132 and head[128:132] == b"DICM":
+    has_meta = len(head) >= 132 and head[128:132] == b"DICM"
+    if has_meta:
         pos = 132
         meta_implicit = not _is_vr(head[136:138]) if len(head) >= 138 else False
         while pos + 8 <= size:
@@ -354,14 +352,14 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
         looks_explicit = _is_vr(buf[off + 4 : off + 6])
         implicit = not looks_explicit  # pydicom also trusts the bytes over the meta header here
     has_pixel_data = False
+    group = elem = length = header = 0
+    truncated = False
     wanted = _TAG_INT
     limit = _MAX_DATASET_TAG
     shortcut_tried = False
-    long_vrs = _LONG_VRS
-    short_vrs = _SHORT_VRS
+    vr_header = _VR_HEADER
     unpack_explicit = _S_EXPLICIT
     unpack_implicit = _S_IMPLICIT
-    unpack_u32 = _S_U32
     buf = reader.buf
     bstart = reader.start
     blen = len(buf)
@@ -370,7 +368,7 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
         if off < 0 or off + 12 > blen:
             if pos + 8 > size:
                 break
-            buf, off = reader.at(pos, 12 if pos + 12 <= size else 8)
+            buf, off = reader.at(pos, 12)
             bstart = reader.start
             blen = len(buf)
         if implicit:
@@ -378,16 +376,16 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
             header = 8
             vr_bytes = b""
         else:
-            group, elem, vr_bytes, length = unpack_explicit(buf, off)
-            if vr_bytes in long_vrs:
-                length = unpack_u32(buf, off + 8)[0]
-                header = 12
-            elif vr_bytes in short_vrs:
-                header = 8
-            else:
+            group, elem, vr_bytes, length, long_length = unpack_explicit(buf, off)
+            header = vr_header.get(vr_bytes, 0)
+            if header == 12:
+                length = long_length
+            elif not header:
                 raise DicomReadError(f"corrupt element ({group:04X},{elem:04X}) at byte {pos}: invalid VR")
         tag = group << 16 | elem
         if tag > limit:
+            if group == 0xFFFE:
+                raise DicomReadError(f"corrupt data set: item tag (FFFE,{elem:04X}) at top level, byte {pos}")
             if tag in _PIXEL_TAGS:
                 has_pixel_data = True
                 _check_pixel_element(reader, pos, header, length, elem)
@@ -402,18 +400,14 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
                 limit = 0x7FE00007
                 buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
                 continue
-        if group == 0xFFFE:
-            raise DicomReadError(f"corrupt data set: item tag (FFFE,{elem:04X}) at top level, byte {pos}")
         if length == UNDEFINED_LENGTH:
             pos = _skip_undefined(reader, pos + header, implicit or vr_bytes == b"UN")
             buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
             continue
-        end = pos + header + length
-        if end > size:
-            raise DicomReadError(
-                f"truncated: element ({group:04X},{elem:04X}) declares {length} bytes, {size - pos - header} remain"
-            )
         if tag in wanted:
+            if pos + header + length > size:
+                truncated = True
+                break
             dict_vr = wanted[tag][1]
             vr = vr_bytes.decode("ascii") if vr_bytes else dict_vr
             if vr in ("UN", "OB", "OW"):
@@ -425,14 +419,17 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
                 vbuf, voff = reader.at(pos + header, length)
                 raw_values[tag] = (vbuf[voff : voff + length], vr)
                 buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
-        pos = end
+        pos += header + length
+    if truncated or pos > size:  # an element's declared length runs past the end of the file
+        raise DicomReadError(f"truncated: element ({group:04X},{elem:04X}) declares {length} bytes, the file ends "
+                             f"at byte {size}")
     charset = ""
     if 0x00080005 in raw_values:
         charset = raw_values[0x00080005][0].decode("latin-1").strip(" \x00")
         # pydicom uses the first value for single-byte text; multi-valued (ISO 2022) go through pydicom
     values: Dict[str, str] = {}
-    if transfer_syntax:
-        values["0002,0010"] = transfer_syntax
+    if transfer_syntax and has_meta:
+        values["0002,0010"] = transfer_syntax  # as in the file meta; a bare data set has none
     for tag, (raw, vr) in raw_values.items():
         if not raw:
             continue
@@ -585,34 +582,41 @@ KIND_FAILED = "failed"
 
 
 def walk_files(paths: Sequence[str], exclude: Optional[str] = None) -> Iterator[FileEntry]:
-    """Every regular file under the given files/folders (recursive, sorted, symlinked folders not followed)."""
+    """Every regular file under the given files/folders, in sorted path order (like ``find | sort``).
+
+    Symlinked folders are not followed (no loops); the database folder itself is skipped.
+    """
     exclude_norm = os.path.normcase(os.path.abspath(exclude)) if exclude else None
+
+    def sorted_entries(folder: str) -> Iterator[os.DirEntry]:
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError:
+            return iter(())
+        return iter(entries)
+
     for top in paths:
         top = os.path.abspath(top)
         if os.path.isfile(top):
             st = os.stat(top)
             yield top, st.st_size, st.st_mtime_ns
             continue
-        stack = [top]
+        stack = [sorted_entries(top)]
         while stack:
-            folder = stack.pop()
-            if exclude_norm and os.path.normcase(folder) == exclude_norm:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
                 continue
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                if entry.is_dir(follow_symlinks=False):
+                    if not (exclude_norm and os.path.normcase(entry.path) == exclude_norm):
+                        stack.append(sorted_entries(entry.path))
+                elif entry.is_file():
+                    st = entry.stat()
+                    yield entry.path, st.st_size, st.st_mtime_ns
             except OSError:
                 continue
-            subfolders = []
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subfolders.append(entry.path)
-                    elif entry.is_file():
-                        st = entry.stat()
-                        yield entry.path, st.st_size, st.st_mtime_ns
-                except OSError:
-                    continue
-            stack.extend(reversed(subfolders))
 
 
 def parse_files(entries: Sequence[FileEntry]) -> List[ParseResult]:
@@ -706,6 +710,7 @@ class ImportSummary:
     failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     duplicates: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
     no_pixel_data: List[str] = dataclasses.field(default_factory=list)
+    missing_position: List[str] = dataclasses.field(default_factory=list)
     derived_uid_files: List[str] = dataclasses.field(default_factory=list)
     copied: int = 0
     mode: str = "serial"
@@ -727,6 +732,9 @@ class ImportSummary:
         if self.no_pixel_data:
             lines.append(f"{len(self.no_pixel_data)} indexed file(s) have no Pixel Data (7FE0,0010), "
                          f"e.g. {self.no_pixel_data[0]}: not loadable as images")
+        if self.missing_position:
+            lines.append(f"{len(self.missing_position)} indexed image file(s) lack ImagePositionPatient (0020,0032), "
+                         f"e.g. {self.missing_position[0]}: slices cannot be placed in space")
         if self.derived_uid_files:
             folders = sorted({os.path.dirname(p) for p in self.derived_uid_files})
             lines.append(
@@ -751,6 +759,7 @@ class ImportSummary:
             "duplicates": [{"sop_instance_uid": sop, "kept": kept, "skipped": dup}
                            for sop, kept, dup in self.duplicates],
             "no_pixel_data": self.no_pixel_data,
+            "missing_image_position": self.missing_position,
             "derived_uids": len(self.derived_uid_files),
             "copied": self.copied,
             "warnings": self.warnings(),
@@ -784,6 +793,10 @@ class ImportSummary:
 # --------------------------------------------------------------------------------------
 # Database insertion
 # --------------------------------------------------------------------------------------
+
+
+#: What CTK writes into Patients.Connections for files imported from disk (connection name "").
+LOCAL_CONNECTIONS = '{"allow":[""],"deny":[]}'
 
 
 def _derived_uid(*parts: str) -> str:
@@ -820,6 +833,7 @@ class _Inserter:
         self.touched_studies: set = set()
         self.touched_patients: set = set()
         self.timestamp = now_timestamp()
+        self.displayed_timestamp = utc_timestamp()
 
     def _remove_instance(self, sop: str) -> None:
         conn = self.conn
@@ -837,7 +851,7 @@ class _Inserter:
         conn = self.conn
         summary = self.summary
         tag_rows: List[Tuple[str, str, str]] = []
-        image_rows: List[Tuple[str, str, str, str, str]] = []
+        image_rows: List[Tuple[str, str, str, str, str, str]] = []
         file_rows: List[Tuple[str, int, int, str, Optional[str], Optional[int], Optional[str]]] = []
         conn.execute("BEGIN")
         try:
@@ -864,12 +878,15 @@ class _Inserter:
                         summary.added += 1
                     if not has_pixels:
                         summary.no_pixel_data.append(path)
+                    elif "0020,0032" not in values and (dicom_int(values.get("0028,0008", "")) or 1) <= 1:
+                        summary.missing_position.append(path)
                     file_rows.append((path, size, mtime, STATUS_INDEXED, sop, int(bool(has_pixels)), None))
                 else:
                     file_rows.append((path, size, mtime, STATUS_DUPLICATE, sop, int(bool(has_pixels)),
                                       f"same SOPInstanceUID as {self.owner.get(sop, '')}"))
-            conn.executemany("INSERT INTO Images (SOPInstanceUID, Filename, URL, SeriesInstanceUID, InsertTimestamp) "
-                             "VALUES (?, ?, ?, ?, ?)", image_rows)
+            conn.executemany("INSERT INTO Images (SOPInstanceUID, Filename, URL, SeriesInstanceUID, InsertTimestamp, "
+                             "DisplayedFieldsUpdatedTimestamp) VALUES (?, ?, ?, ?, ?, ?)", image_rows)
+            tag_rows.sort()
             conn.executemany("INSERT INTO tc.TagCache VALUES (?, ?, ?)", tag_rows)
             conn.executemany("INSERT OR REPLACE INTO mi.Files VALUES (?, ?, ?, ?, ?, ?, ?)", file_rows)
             conn.execute("COMMIT")
@@ -878,7 +895,7 @@ class _Inserter:
             raise
 
     def _add_instance(self, path: str, values: Dict[str, str], has_pixels: bool, media_sop: str,
-                      tag_rows: List[Tuple[str, str, str]], image_rows: List[Tuple[str, str, str, str, str]]
+                      tag_rows: List[Tuple[str, str, str]], image_rows: List[Tuple[str, str, str, str, str, str]]
                       ) -> Tuple[str, str]:
         get = values.get
         folder = os.path.dirname(path)
@@ -916,7 +933,8 @@ class _Inserter:
         if sop in self.cached_sops:
             self.conn.execute("DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", (sop,))
             self.cached_sops.discard(sop)
-        image_rows.append((sop, self.db.internal_path(filename), "", series, self.timestamp))
+        # displayed fields are recounted in finish(): stamp them so Slicer does not redo it per instance
+        image_rows.append((sop, self.db.internal_path(filename), "", series, self.timestamp, self.displayed_timestamp))
         tag_rows.extend((sop, tag, value) for tag, value in values.items())
         self.owner[sop] = path
         self.touched_series.add(series)
@@ -931,11 +949,12 @@ class _Inserter:
         if uid is None:
             cursor = self.conn.execute(
                 "INSERT INTO Patients (UID, PatientsName, PatientID, PatientsBirthDate, PatientsBirthTime, "
-                "PatientsSex, PatientsAge, PatientsComments, InsertTimestamp, DisplayedPatientsName) "
-                "VALUES (NULL, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                "PatientsSex, PatientsAge, PatientsComments, InsertTimestamp, DisplayedPatientsName, Connections) "
+                "VALUES (NULL, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
                 (name, patient_id, dicom_date_to_iso(get("0010,0030", "")), get("0010,0032", ""),
                  get("0010,0040", ""), get("0010,4000", ""), self.timestamp,
-                 human_readable_patient_name(get("0010,0010", "")) or name),
+                 human_readable_patient_name(get("0010,0010", "")) or name,
+                 LOCAL_CONNECTIONS),
             )
             uid = int(cursor.lastrowid or 0)
             self.patients[key] = uid
@@ -1020,11 +1039,16 @@ def import_paths(
     workers: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     chunk_size: int = 128,
+    commit_every: int = 2048,
+    durable: bool = False,
 ) -> ImportSummary:
     """Index files/folders into ``db``; bad files are reported in the summary, never raised.
 
     A missing input path is a ``UserInputError`` (nothing is imported then). Files whose path, size
-    and mtime match the previous import are not read again.
+    and mtime match the previous import are not read again. Writes are committed every
+    ``commit_every`` files; unless ``durable``, SQLite does not fsync during the import (an OS crash
+    or power loss mid-import can damage the index, which a re-import rebuilds; originals are never
+    written), which makes the database writes about twice as fast.
     """
     from MedSegLib.errors import UserInputError
 
@@ -1035,9 +1059,13 @@ def import_paths(
     summary = ImportSummary(database=db.databaseDirectory(), inputs=[os.path.abspath(p) for p in paths])
     states = db.file_states()
     to_parse: List[FileEntry] = []
+    seen: set = set()
     for path, size, mtime in walk_files(paths, exclude=db.databaseDirectory()):
-        summary.files_seen += 1
         key = path.replace(os.sep, "/")
+        if key in seen:
+            continue  # overlapping inputs (a folder and its subfolder): each file once
+        seen.add(key)
+        summary.files_seen += 1
         state = states.get(key)
         if state is not None and state[0] == size and state[1] == mtime:
             status, reason = state[2], state[4]
@@ -1055,11 +1083,33 @@ def import_paths(
     done = summary.files_seen - len(to_parse)
     if progress:
         progress(done, summary.files_seen)
-    for results in iter_parsed(to_parse, summary.mode, summary.workers, chunk_size):
-        inserter.add_chunk(results)
-        done += len(results)
-        if progress:
-            progress(done, summary.files_seen)
-    inserter.finish()
+    conn = db.connection()
+    schemas = ("main", "tc", "mi")
+    previous_sync = {name: conn.execute(f"PRAGMA {name}.synchronous").fetchone()[0] for name in schemas}
+    previous_cache = {name: conn.execute(f"PRAGMA {name}.cache_size").fetchone()[0] for name in schemas}
+    for name in schemas:
+        conn.execute(f"PRAGMA {name}.cache_size = -65536")  # 64 MB: the TagCache index stays in memory
+        if not durable:
+            conn.execute(f"PRAGMA {name}.synchronous = OFF")
+    db.record_cached_tags([key for key, _vr in CACHED_TAGS.values()])
+    try:
+        pending: List[ParseResult] = []
+        try:
+            for results in iter_parsed(to_parse, summary.mode, summary.workers, chunk_size):
+                pending.extend(results)
+                if len(pending) >= commit_every:
+                    inserter.add_chunk(pending)
+                    pending = []
+                done += len(results)
+                if progress:
+                    progress(done, summary.files_seen)
+            if pending:
+                inserter.add_chunk(pending)
+        finally:
+            inserter.finish()  # also after Ctrl-C: committed chunks get their displayed fields
+    finally:
+        for name in schemas:
+            conn.execute(f"PRAGMA {name}.synchronous = {int(previous_sync[name])}")
+            conn.execute(f"PRAGMA {name}.cache_size = {int(previous_cache[name])}")
     summary.elapsed_s = time.perf_counter() - start
     return summary

@@ -95,7 +95,7 @@ def _read_headers(files: Sequence[str]) -> tuple[list[Frame], list[str]]:
         try:
             return read_frames(path), None
         except NotDicomError as error:
-            return [], f"{path}: skipped ({error})"
+            return [], None if error.quiet else f"{path}: skipped, {error}"
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
             return [], f"{path}: skipped, unreadable DICOM ({type(error).__name__}: {error})"
 
@@ -121,10 +121,9 @@ def examine_files(files: Iterable[str | os.PathLike]) -> list[Loadable]:
         reason = notes[0].split(": ", 1)[-1] if len(notes) == 1 else f"none of {len(files)} files is a DICOM image"
         raise UserInputError(f"no loadable DICOM image series ({reason})", where)
     loadables = split_into_loadables(frames)
-    skipped = [n for n in notes if "unreadable" in n]
-    if skipped:
+    if notes:
         for loadable in loadables:
-            loadable.warnings.append(f"{len(skipped)} file(s) could not be read: {skipped[0]}")
+            loadable.warnings.append(f"{len(notes)} file(s) skipped; first: {notes[0]}")
     return loadables
 
 
@@ -192,6 +191,8 @@ def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_phil
                 f"resampled onto a regular grid in patient space ({data.shape[1]} slices of "
                 f"{float(np.linalg.norm(ijk_to_lps[:3, 2])):.3f} mm, orthogonal to the image plane), linear "
                 "interpolation; use keep_acquired_grid to keep the acquired slices")
+    if reference.file.photometric.upper() == "MONOCHROME1":
+        warnings.append("MONOCHROME1: low values are displayed bright; voxel values are not inverted")
     ijk_to_ras = LPS_TO_RAS @ ijk_to_lps
     array = data[0] if n_volumes == 1 else data
     middle = first_volume[len(first_volume) // 2]

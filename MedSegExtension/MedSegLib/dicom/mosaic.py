@@ -103,7 +103,8 @@ def _int_value(ds, tag: tuple[int, int]) -> int | None:
 
 def is_mosaic(ds) -> bool:
     """Siemens: ImageType contains MOSAIC. UIH: grid count (0065,1050) > 1 with the per-slice sequence."""
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    image_type = ds.get("ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else [str(v).upper() for v in image_type]
     if any("MOSAIC" in v for v in image_type):
         return True
     manufacturer = str(ds.get("Manufacturer", "")).upper()

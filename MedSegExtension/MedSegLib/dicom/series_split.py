@@ -12,6 +12,7 @@ volume.
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,15 @@ class Loadable:
 
 
 class NotDicomError(Exception):
-    """The file is not a DICOM image (not DICOM at all, or a DICOMDIR / object without pixels)."""
+    """The file is not a DICOM image (not DICOM at all, or a DICOMDIR / object without pixels).
+
+    ``quiet``: expected in a DICOM folder (READMEs, DICOMDIR, structured reports); otherwise (an image header
+    without pixel data, e.g. a truncated copy) the caller should warn.
+    """
+
+    def __init__(self, message: str, quiet: bool = True) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 # ----------------------------------------------------------------------------------------------- header reading
@@ -121,6 +130,12 @@ def _number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, int, float, bytes)) or not hasattr(value, "__len__") else list(value)
 
 
 def _vector(value: Any, size: int) -> tuple[float, ...] | None:
@@ -232,8 +247,216 @@ def _pixel_element(fp, implicit: bool) -> tuple[int, int] | None:
     return None if length == 0xFFFFFFFF else (offset, length)
 
 
-def read_frames(path: str | os.PathLike) -> list[Frame]:
-    """All 2D frames of one file. Raises NotDicomError for non-image files; pydicom errors propagate."""
+# ----------------------------------------------------------------------------------------------- fast header path
+# pydicom parses and converts every element (about 1-5 ms per file). For the common case (single-frame image,
+# explicit or implicit VR little endian, no mosaic, no functional groups) a scan that only decodes the ~60
+# tags used here is 5-10x faster; anything unusual returns None and goes through pydicom.
+
+_FAST_TAGS: dict[int, tuple[str, str]] = {
+    0x00080008: ("ImageType", "CS"), 0x00080018: ("SOPInstanceUID", "UI"), 0x00080020: ("StudyDate", "DA"),
+    0x00080030: ("StudyTime", "TM"), 0x00080032: ("AcquisitionTime", "TM"), 0x00080050: ("AccessionNumber", "SH"),
+    0x00080060: ("Modality", "CS"), 0x00080070: ("Manufacturer", "LO"), 0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"), 0x00082111: ("DerivationDescription", "ST"),
+    0x00100010: ("PatientName", "PN"), 0x00100020: ("PatientID", "LO"), 0x00100030: ("PatientBirthDate", "DA"),
+    0x00100040: ("PatientSex", "CS"), 0x00180015: ("BodyPartExamined", "CS"), 0x00180050: ("SliceThickness", "DS"),
+    0x00180080: ("RepetitionTime", "DS"), 0x00180081: ("EchoTime", "DS"), 0x00180082: ("InversionTime", "DS"),
+    0x00180086: ("EchoNumbers", "IS"), 0x00180088: ("SpacingBetweenSlices", "DS"), 0x00181060: ("TriggerTime", "DS"),
+    0x00181164: ("ImagerPixelSpacing", "DS"), 0x00181314: ("FlipAngle", "DS"), 0x00189087: ("DiffusionBValue", "FD"),
+    0x00189089: ("DiffusionGradientOrientation", "FD"), 0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"), 0x00200010: ("StudyID", "SH"), 0x00200011: ("SeriesNumber", "IS"),
+    0x00200012: ("AcquisitionNumber", "IS"), 0x00200013: ("InstanceNumber", "IS"),
+    0x00200032: ("ImagePositionPatient", "DS"), 0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00200052: ("FrameOfReferenceUID", "UI"), 0x00200100: ("TemporalPositionIdentifier", "IS"),
+    0x00280002: ("SamplesPerPixel", "US"), 0x00280004: ("PhotometricInterpretation", "CS"),
+    0x00280008: ("NumberOfFrames", "IS"), 0x00280010: ("Rows", "US"), 0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "DS"), 0x00280100: ("BitsAllocated", "US"), 0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"), 0x00280120: ("PixelPaddingValue", "xs"),
+    0x00281050: ("WindowCenter", "DS"), 0x00281051: ("WindowWidth", "DS"), 0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"), 0x00281055: ("WindowCenterWidthExplanation", "LO"),
+    # vendor private tags read by _acquisition_params (fixed element numbers, as dcm2niix reads them)
+    0x0019100C: ((0x0019, 0x100C), "IS"), 0x0019100E: ((0x0019, 0x100E), "FD"), 0x00431039: ((0x0043, 0x1039), "IS"),
+    0x001910BB: ((0x0019, 0x10BB), "DS"), 0x001910BC: ((0x0019, 0x10BC), "DS"), 0x001910BD: ((0x0019, 0x10BD), "DS"),
+    0x20011003: ((0x2001, 0x1003), "FL"), 0x2005100E: ((0x2005, 0x100E), "FL"), 0x00651009: ((0x0065, 0x1009), "FD"),
+    0x00651037: ((0x0065, 0x1037), "FD"),
+}
+#: Tags whose presence means the file needs the full pydicom path (functional groups, mosaics, UIH grids).
+_FAST_ABORT = {0x52009229, 0x52009230, 0x00651050, 0x00651051, 0x00291010}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
+_BINARY = {"US": "<H", "SS": "<h", "FD": "<d", "FL": "<f", "UL": "<I", "SL": "<i"}
+
+
+class _Element:
+    """Minimal stand-in for pydicom's DataElement (only ``.value`` is used)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _FastHeader:
+    """Decoded subset of a header with the ``get`` / ``in`` interface of a pydicom Dataset."""
+
+    def __init__(self, values: dict[Any, Any]) -> None:
+        self._values = values
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if isinstance(key, tuple):
+            return _Element(self._values[key]) if key in self._values else default
+        return self._values.get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _skip_undefined(data: bytes, pos: int, implicit: bool) -> int:
+    """Position after the sequence delimiter of an undefined-length SQ/UN value starting at ``pos``."""
+    end = len(data)
+    while pos + 8 <= end:
+        group, element, length = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        if group == 0xFFFE and element == 0xE0DD:
+            return pos
+        if group == 0xFFFE and element == 0xE000:
+            if length != 0xFFFFFFFF:
+                pos += length
+                continue
+            pos = _skip_dataset(data, pos, implicit, until_item_end=True)
+            continue
+        raise ValueError("malformed sequence")
+    raise ValueError("truncated sequence")
+
+
+def _skip_dataset(data: bytes, pos: int, implicit: bool, until_item_end: bool) -> int:
+    end = len(data)
+    while pos + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group == 0xFFFE and element == 0xE00D:
+            return pos + 8
+        vr = b"" if implicit else data[pos + 4:pos + 6]
+        if implicit or group == 0xFFFE:
+            length = struct.unpack_from("<I", data, pos + 4)[0]
+            pos += 8
+        elif vr in _LONG_VRS:
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8
+        if length == 0xFFFFFFFF:
+            pos = _skip_undefined(data, pos, implicit or vr == b"UN")
+        else:
+            pos += length
+    if until_item_end:
+        raise ValueError("truncated item")
+    return pos
+
+
+def _decode(raw: bytes, vr: str, values: dict[Any, Any]) -> Any:
+    if vr == "xs":
+        vr = "SS" if values.get("PixelRepresentation") else "US"
+    if vr in _BINARY:
+        fmt = _BINARY[vr]
+        size = struct.calcsize(fmt)
+        count = len(raw) // size
+        if count == 0:
+            return None
+        numbers = struct.unpack_from(f"<{count}{fmt[1]}", raw)
+        return numbers[0] if count == 1 else list(numbers)
+    text = raw.decode("latin-1").rstrip("\0 ").strip()
+    if vr in ("DS", "IS", "CS", "UI") or (vr in ("LO", "SH") and "\\" in text):
+        parts = [part.strip() for part in text.split("\\")]
+        if vr in ("DS", "IS", "CS", "LO", "SH") and len(parts) > 1:
+            return parts
+        return parts[0] if parts else ""
+    return text
+
+
+def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, bool] | None:
+    """(header, transfer syntax, native pixel (offset, length), has pixel data), or None to use pydicom."""
+    with open(path, "rb") as handle:
+        data = handle.read(262144)
+        size = os.fstat(handle.fileno()).st_size
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    pos = 132
+    transfer_syntax = ""
+    while pos + 8 <= len(data):  # file meta group (always explicit VR little endian)
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            break
+        vr = data[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from("<H", data, pos + 6)[0]
+            pos += 8
+        if element == 0x0010:
+            transfer_syntax = data[pos:pos + length].decode("latin-1").rstrip("\0 ")
+        pos += length
+    if transfer_syntax not in NATIVE_TRANSFER_SYNTAXES and not transfer_syntax.startswith("1.2.840.10008.1.2.4") \
+            and transfer_syntax != "1.2.840.10008.1.2.5":
+        return None  # big endian, deflated, private syntaxes: pydicom knows best
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    values: dict[Any, Any] = {}
+    pixel: tuple[int, int] | None = None
+    has_pixels = False
+    end = len(data)
+    while pos + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, pos)
+        tag = group << 16 | element
+        if implicit:
+            length = struct.unpack_from("<I", data, pos + 4)[0]
+            header = 8
+            vr = b""
+        else:
+            vr = data[pos + 4:pos + 6]
+            if vr in _LONG_VRS:
+                length = struct.unpack_from("<I", data, pos + 8)[0]
+                header = 12
+            else:
+                length = struct.unpack_from("<H", data, pos + 6)[0]
+                header = 8
+        if tag == 0x7FE00010:
+            has_pixels = True
+            if length != 0xFFFFFFFF and transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
+                pixel = (pos + header, length)
+            break
+        if tag in _FAST_ABORT or tag > 0x7FE00010:
+            return None if tag in _FAST_ABORT else (_FastHeader(values), transfer_syntax, None, False)
+        pos += header
+        if length == 0xFFFFFFFF:
+            pos = _skip_undefined(data, pos, implicit or vr == b"UN")
+            continue
+        if pos + length > end:
+            if end < size and len(data) < size:
+                return None  # header longer than the first chunk: let pydicom read it
+            break
+        wanted = _FAST_TAGS.get(tag)
+        if wanted is not None:
+            key, declared = wanted
+            vr_text = vr.decode("latin-1") if vr and vr != b"UN" else declared
+            if vr_text in ("OB", "UN"):
+                vr_text = declared
+            values[key] = _decode(data[pos:pos + length], vr_text, values)
+        pos += length
+    if not has_pixels and end < size:
+        return None
+    return _FastHeader(values), transfer_syntax, pixel, has_pixels
+
+
+def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
+    """All 2D frames of one file. Raises NotDicomError for non-image files; pydicom errors propagate.
+
+    ``fast=False`` forces the full pydicom parse (the fast scan must give identical frames; tests check it).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -242,26 +465,46 @@ def read_frames(path: str | os.PathLike) -> list[Frame]:
     path = os.fspath(path)
     if Path(path).name.upper() in ("DICOMDIR", "DIRFILE"):
         raise NotDicomError("directory record, not an image")
-    with open(path, "rb") as fp:
-        try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        except InvalidDicomError as error:
-            raise NotDicomError(str(error)) from None
-        meta = getattr(ds, "file_meta", None)
-        transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        if not transfer_syntax:
-            transfer_syntax = "1.2.840.10008.1.2"
-        pixel = None
-        tag_position = fp.tell()
-        head = fp.read(4)
-        has_pixels = head == b"\xe0\x7f\x10\x00"
-        fp.seek(tag_position)
-        if has_pixels and transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
-            pixel = _pixel_element(fp, implicit=transfer_syntax == "1.2.840.10008.1.2")
+    try:
+        fast_result = _fast_header(path) if fast else None
+    except (ValueError, struct.error):
+        fast_result = None
+    simple = fast_result is not None and "Rows" in fast_result[0]
+    if simple:
+        header = fast_result[0]
+        simple = int(_number(header.get("NumberOfFrames")) or 1) == 1 and not any(
+            "MOSAIC" in str(v).upper() for v in _as_list(header.get("ImageType")))
+    if simple:
+        ds, transfer_syntax, pixel, has_pixels = fast_result
+    else:
+        with open(path, "rb") as fp:
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError as error:
+                # Raw data sets without preamble (old exports start with group 0008): accept them as dcm2niix does.
+                fp.seek(0)
+                if fp.read(2) != b"\x08\x00":
+                    raise NotDicomError(str(error)) from None
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            meta = getattr(ds, "file_meta", None)
+            transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+            if not transfer_syntax:
+                implicit, little = getattr(ds, "original_encoding", (True, True))
+                transfer_syntax = "1.2.840.10008.1.2" if implicit is not False else (
+                    "1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+            pixel = None
+            tag_position = fp.tell()
+            head = fp.read(4)
+            has_pixels = head == b"\xe0\x7f\x10\x00"
+            fp.seek(tag_position)
+            if has_pixels and transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
+                pixel = _pixel_element(fp, implicit=transfer_syntax == "1.2.840.10008.1.2")
     if "Rows" not in ds or "Columns" not in ds:
         raise NotDicomError("no image (Rows/Columns missing)")
     if not has_pixels:
-        raise NotDicomError("no pixel data (7FE0,0010)")
+        raise NotDicomError("image header without pixel data (7FE0,0010): truncated or incomplete file?",
+                            quiet=False)
     manufacturer = str(ds.get("Manufacturer", "") or "")
     padding = ds.get("PixelPaddingValue")
     file_info = FileInfo(
@@ -292,7 +535,7 @@ def read_frames(path: str | os.PathLike) -> list[Frame]:
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""), study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""), instance_number=int(_number(ds.get("InstanceNumber")) or 0),
-        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or [])),
+        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType"))),
         philips_scale_slope=philips_ss,
     )
     params = _acquisition_params(ds, manufacturer)
@@ -319,8 +562,6 @@ def read_frames(path: str | os.PathLike) -> list[Frame]:
                 windows=item.windows or windows, params=frame_params, **common))
             if item.frame_type:
                 frames[-1].image_type = item.frame_type
-        if frames:
-            frames[0].params.setdefault("_enhanced", True)
         return frames
 
     if base_orientation and spacing and mosaic.is_mosaic(ds):
@@ -409,20 +650,11 @@ def _make_loadable(frames: list[Frame], name: str, warnings: list[str]) -> Loada
     groups, _ = _position_groups(frames)
     counts = {len(g) for g in groups}
     if len(counts) > 1:
-        # Unequal repeats: keep the earliest frame at each position rather than silently mixing volumes.
-        most = max(counts)
-        warnings.append(
-            f"positions repeat an unequal number of times (1 to {most}); kept the first image at each of the "
-            f"{len(groups)} positions (missing images, or repeated slices?)")
-        groups = [[sorted(g, key=_temporal_key)[0]] for g in groups]
+        groups = _complete_volumes(groups, warnings)
     n_volumes = len(groups[0])
     volumes: list[list[Frame]] = [[] for _ in range(n_volumes)]
     varying: list[str] = []
     if n_volumes > 1:
-        for key in VOLUME_PARAMETERS:
-            values = {str(f.params.get(key)) for f in frames}
-            if len(values) > 1:
-                varying.append(key)
         sort_key = None
         for key in SORTABLE_PARAMETERS:
             if key in varying and all(len({f.params.get(key) for f in g}) == n_volumes and
@@ -441,11 +673,53 @@ def _make_loadable(frames: list[Frame], name: str, warnings: list[str]) -> Loada
         volumes[0] = [g[0] for g in groups]
     ordered_frames = [frame for volume in volumes for frame in volume]
     per_volume = [_volume_params(volume[0]) for volume in volumes] if n_volumes > 1 else []
+    for key in VOLUME_PARAMETERS:
+        if len({str(p.get(key)) for p in per_volume}) > 1:
+            varying.append(key)
     if not all(f.sop_uid for f in ordered_frames):
         warnings.append("some images have no SOPInstanceUID (anonymised or invalid DICOM)")
     first = ordered_frames[0]
     return Loadable(name=name, frames=ordered_frames, n_volumes=n_volumes, n_slices=len(groups),
                     series_uid=first.series_uid, warnings=warnings, varying=varying, per_volume=per_volume)
+
+
+def _volume_label(frame: Frame, key: str) -> Any:
+    if key == "Diffusion":
+        return (frame.params.get("DiffusionBValue"), frame.params.get("DiffusionGradientOrientation"))
+    return frame.params.get(key)
+
+
+def _complete_volumes(groups: list[list[Frame]], warnings: list[str]) -> list[list[Frame]]:
+    """Positions repeat unequally (missing or extra images): keep the volumes that are complete.
+
+    A volume is identified by the first parameter that takes one value per image at every position (inversion
+    time, temporal position, acquisition number, diffusion b/direction ...). Without such a parameter the
+    earliest image at each position is kept. Either way the loss is reported, never silent.
+    """
+    most = max(len(g) for g in groups)
+    for key in SORTABLE_PARAMETERS + ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionNumber",
+                                      "Diffusion"):
+        labels = [[_volume_label(f, key) for f in g] for g in groups]
+        if any(label is None or label == (None, None) for row in labels for label in row):
+            continue
+        if any(len(set(map(str, row))) != len(row) for row in labels):
+            continue
+        every = {str(label) for row in labels for label in row}
+        if len(every) != most:
+            continue
+        complete = [label for label in every if all(label in {str(v) for v in row} for row in labels)]
+        if not complete:
+            break
+        kept = [[f for f in g if str(_volume_label(f, key)) in complete] for g in groups]
+        warnings.append(f"{most - len(complete)} incomplete volume(s) (by {key}) left out: images missing at "
+                        f"some of the {len(groups)} positions")
+        return kept
+    fewest = min(len(g) for g in groups)
+    warnings.append(
+        f"positions repeat an unequal number of times ({fewest} to {most}) and no acquisition parameter tells the "
+        f"volumes apart; kept the first {fewest} image(s) in acquisition order at each of the {len(groups)} "
+        "positions (missing images, or repeated slices?)")
+    return [sorted(g, key=_temporal_key)[:fewest] for g in groups]
 
 
 def _drop_duplicate_instances(frames: list[Frame], warnings: list[str]) -> list[Frame]:
@@ -492,6 +766,31 @@ def _image_kind(image_type: tuple[str, ...]) -> tuple[bool, bool, str]:
 def _positions_signature(frames: list[Frame]) -> tuple:
     _, centres = _position_groups(frames)
     return tuple(round(c, 1) for c in centres)
+
+
+def _sub_series(loadable: Loadable) -> list[Loadable]:
+    """Unselected alternatives per value of a tag that varies inside a 3D loadable (Slicer's sub-series split).
+
+    DICOMScalarVolumePlugin offers one extra loadable per AcquisitionNumber / ImageType value; a user can pick
+    e.g. only the 4 mm part of a CT that mixes reconstructions. The all-images loadable stays the default.
+    """
+    if loadable.n_volumes > 1:
+        return []
+    subs = []
+    for label, value_of in (("AcquisitionNumber", lambda f: f.params.get("AcquisitionNumber")),
+                            ("ImageType", lambda f: "\\".join(f.image_type))):
+        values: dict[Any, list[Frame]] = defaultdict(list)
+        for frame in loadable.frames:
+            values[value_of(frame)].append(frame)
+        if len(values) < 2 or len(values) == len(loadable.frames) or len(values) > 8:
+            continue  # one value, or one per image (Siemens CT numbers every slice): nothing to offer
+        for value, frames in values.items():
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            sub = _make_loadable(frames, f"{loadable.name} - {label} {shown}", [])
+            sub.selected = False
+            sub.confidence = 0.45
+            subs.append(sub)
+    return subs
 
 
 def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
@@ -557,8 +856,8 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
         if len(distinct) != len(indices):
             continue  # repeated identical acquisitions stay separate volumes
         frames_all = [f for i in indices for f in pieces[i][0]]
-        names = [pieces[i][1] for i in indices]
-        merged.append((frames_all, names[0], pieces[indices[0]][2] + [
+        first = min(indices, key=lambda i: (pieces[i][0][0].params.get("SeriesNumber", 0), i))
+        merged.append((frames_all, pieces[first][1], pieces[first][2] + [
             f"{len(indices)} series with the same positions merged into one multi-volume loadable"]))
         used.update(indices)
     for index, piece in enumerate(pieces):
@@ -569,5 +868,6 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
         if any("localizer" in w for w in loadable.warnings):
             loadable.selected = False
             loadable.confidence = 0.3
+    loadables += [sub for loadable in loadables for sub in _sub_series(loadable)]
     loadables.sort(key=lambda item: (not item.selected, -len(item.frames)))
     return loadables

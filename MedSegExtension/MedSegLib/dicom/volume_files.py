@@ -3,12 +3,13 @@
 Why: the exported file must describe the same voxels in the same patient space as the loaded volume, readable
 by Slicer, ITK, nibabel and FSL alike. NIfTI files are laid out as dcm2niix writes 2D acquisitions (rows
 reversed, RAS sform = qform, code 1 "scanner"), so a MedSeg file and a dcm2niix file of the same series hold the
-same array. NRRD uses LPS "space directions" as Slicer does; a 4D volume becomes a Slicer sequence NRRD (first
-axis = list of volumes, with the varying acquisition parameter as index values).
+same array. NRRD uses LPS "space directions" as Slicer does; a 4D volume becomes a Slicer sequence NRRD (a "list"
+axis last, as vtkMRMLVolumeSequenceStorageNode writes it, indexed by the varying acquisition parameter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from pathlib import Path
@@ -69,29 +70,37 @@ def _write_nrrd(volume: LoadedVolume, path: Path, compress: bool) -> None:
     directions = " ".join(_vector(lps[:3, axis]) for axis in range(3))
     lines = ["NRRD0004", "# Written by MedSeg from DICOM", f"type: {NRRD_TYPES[array.dtype]}"]
     if array.ndim == 4:
+        # Slicer's vtkMRMLVolumeSequenceStorageNode layout: the list axis last (slowest), i.e. our (t, k, j, i).
         t, k, j, i = array.shape
-        data = np.ascontiguousarray(array.transpose(1, 2, 3, 0))  # list axis fastest
-        lines += ["dimension: 4", "space: left-posterior-superior", f"sizes: {t} {i} {j} {k}",
-                  f"space directions: none {directions}", "kinds: list domain domain domain",
-                  'labels: "frame" "" "" ""']
-        name = volume.varying[0] if volume.varying else "frame"
-        values = [str(p.get(name, n)) for n, p in enumerate(volume.per_volume)] or [str(n) for n in range(t)]
-        if len(values) == t:
-            lines += [f"axis 0 index type: {'numeric' if name != 'DiffusionGradientOrientation' else 'text'}",
-                      f"axis 0 quantity: {name}", "axis 0 index values: " + " ".join(v.replace(" ", "")
-                                                                                   for v in values)]
+        data = np.ascontiguousarray(array)
+        name, values = "volume", [str(n) for n in range(t)]
+        for key in volume.varying:  # first varying scalar parameter that tells every volume apart
+            candidate = [p.get(key) for p in volume.per_volume]
+            if len(candidate) == t and all(isinstance(v, (int, float)) for v in candidate) \
+                    and len(set(candidate)) == t:
+                name, values = key, [f"{float(v):g}" for v in candidate]
+                break
+        unit = {"InversionTime": "ms", "EchoTime": "ms", "RepetitionTime": "ms", "TriggerTime": "ms",
+                "AcquisitionTime": "s", "FlipAngle": "deg"}.get(name, "")
+        lines += ["dimension: 4", "space: left-posterior-superior", f"sizes: {i} {j} {k} {t}",
+                  f"space directions: {directions} none", "kinds: domain domain domain list",
+                  f'labels: "" "" "" "{name}"', f'units: "" "" "" "{unit}"']
+        extra = ["DataNodeClassName:=vtkMRMLScalarVolumeNode", "axis 3 index type:=numeric",
+                 "axis 3 index values:=" + " ".join(values)]
     else:
         k, j, i = array.shape
         data = np.ascontiguousarray(array)
         lines += ["dimension: 3", "space: left-posterior-superior", f"sizes: {i} {j} {k}",
                   f"space directions: {directions}", "kinds: domain domain domain"]
+        extra = []
     lines += ["endian: little", f"encoding: {'gzip' if compress else 'raw'}", f"space origin: {_vector(lps[:3, 3])}"]
+    lines += extra
     header = ("\n".join(lines) + "\n\n").encode("latin-1")
     raw = data.astype(data.dtype.newbyteorder("<"), copy=False)
     with open(path, "wb") as handle:
         handle.write(header)
         if compress:
-            with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1) as zipped:
+            with gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=1) as zipped:
                 zipped.write(memoryview(raw.reshape(-1)).cast("B"))
         else:
             handle.write(memoryview(raw.reshape(-1)).cast("B"))
@@ -108,6 +117,21 @@ def nifti_layout(volume: LoadedVolume) -> tuple[np.ndarray, np.ndarray]:
     else:
         data = volume.array[:, ::-1, :].transpose(2, 1, 0)
     return data, affine
+
+
+def _write_nifti_stream(header, array: np.ndarray, path: Path) -> None:
+    """Header, then the voxels slice by slice (rows reversed): no full-volume copy, unlike ``nib.save``."""
+    header.set_data_offset(352)
+    header.set_data_dtype(array.dtype)
+    header["scl_slope"], header["scl_inter"] = np.nan, np.nan  # stored values are final (no scaling)
+    with open(path, "wb") as raw, (gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1)
+                                   if path.name.endswith(".gz") else contextlib.nullcontext(raw)) as handle:
+        handle.write(header.binaryblock)
+        handle.write(b"\0\0\0\0")  # no extensions
+        planes = array.reshape((-1,) + array.shape[-2:])
+        little = array.dtype.newbyteorder("<")
+        for plane in planes:
+            handle.write(np.ascontiguousarray(plane[::-1, :], dtype=little).data)
 
 
 def _write_nifti(volume: LoadedVolume, path: Path) -> None:
@@ -127,7 +151,7 @@ def _write_nifti(volume: LoadedVolume, path: Path) -> None:
             zooms[3] = float(repetition) / 1000.0 if repetition else 1.0
             image.header.set_zooms(zooms)
         image.header["descrip"] = volume.name.encode("ascii", "replace")[:79]
-        nib.save(image, str(path))
+        _write_nifti_stream(image.header, volume.array, path)
         return
     import SimpleITK as sitk  # Slicer ships SimpleITK, not nibabel
 

@@ -110,7 +110,8 @@ def window_float_reference(values: np.ndarray, level: float, width: float, funct
     y_min, y_range = 0, ymax  # ints, as pydicom's unsigned output range
     if function == "sigmoid":
         center, width = float(level), float(width)
-        return y_range / (1 + np.exp(-4 * (x - center) / width)) + y_min
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> y = 0, as intended
+            return y_range / (1 + np.exp(-4 * (x - center) / width)) + y_min
     center, width, lower, upper = linear_parameters(level, width, function)
     below = x <= lower
     above = x > upper
@@ -137,13 +138,6 @@ def window_reference(
     if function == "seed":
         return np.floor(y).astype(dtype)
     return _round_half_up(y).astype(dtype)
-
-
-def window_to_uint8(values: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Seed formula to uint8 (Slicer's display mapping), through the exact fast path."""
-    from MedSegLib.windowing.fast_window import window
-
-    return window(values, level, width, "seed", np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,10 +197,19 @@ def voi_luts_from_dataset(ds: Any) -> List[VoiLut]:
 
 
 def voi_lut_index_reference(values: np.ndarray, lut: VoiLut) -> np.ndarray:
-    """LUT index of every value: floor(x - first) clipped to [0, entries - 1]; NaN -> -1 (output 0)."""
-    x = np.asarray(values).astype(np.float64)
-    nan = np.isnan(x)
-    index = np.floor(np.clip(x - lut.first_mapped, 0, lut.entries - 1))
+    """LUT index of every value: floor(x - first) clipped to [0, entries - 1]; NaN -> -1 (output 0).
+
+    ``x - first`` is exact for integers (int64) and computed in the input's own precision for floats
+    (float32 stays float32), as pydicom's ``apply_voi`` does, so float results match pydicom wherever
+    pydicom's uint16 index does not overflow.
+    """
+    x = np.asarray(values)
+    if x.dtype.kind == "f":
+        difference = (x - x.dtype.type(lut.first_mapped)).astype(np.float64)
+    else:
+        difference = x.astype(np.int64) - lut.first_mapped
+    nan = np.isnan(difference) if difference.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
+    index = np.floor(np.clip(difference, 0, lut.entries - 1))
     index[nan] = -1
     return index.astype(np.int64)
 
@@ -229,7 +232,7 @@ def voi_lut_to_uint8(values16: np.ndarray, bits: int) -> np.ndarray:
     return ((np.asarray(values16, dtype=np.uint32) * 255 * 2 + top) // (2 * top)).astype(np.uint8)
 
 
-def lut_for_integer_dtype(dtype: Any, mapping: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray]:
+def lut_for_integer_dtype(dtype: Any) -> Tuple[np.ndarray, np.ndarray]:
     """All values of an integer dtype of <= 16 bits, ordered by their raw bit pattern (uint view).
 
     Returns (values, raw codes): ``values[code]`` is the number whose bits are ``code``, so a LUT built
