@@ -1,37 +1,32 @@
-"""Atomic output files: write to a temporary sibling, then rename over the target.
+"""Atomic output files: write into a private temporary folder beside the target, then rename.
 
-A crash, a full disk or Ctrl-C never leaves a half-written output under the final name.
+A crash, a full disk or Ctrl-C never leaves a half-written output under the final name. The
+temporary file keeps the target's exact name (inside a hidden sibling folder), so writers that
+choose the format from the extension (``.seg.nrrd``, ``.nii.gz``) or record the file name in
+the file itself see the real name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
 
-def _compound_suffix(path: Path) -> str:
-    """'.seg.nrrd', '.nii.gz' and friends must stay intact so writers pick the right format."""
-    suffixes = path.suffixes
-    if len(suffixes) >= 2 and suffixes[-1].lower() in (".gz", ".nrrd", ".json"):
-        return "".join(suffixes[-2:])
-    return path.suffix
-
-
 @contextlib.contextmanager
 def atomic_output(target: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
+    """Yield a temporary path named like ``target``; on success move it onto ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = _compound_suffix(target)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(handle)
-    temp_path = Path(temp_name)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        temp_path = work_dir / target.name
         yield temp_path
+        if not temp_path.exists():
+            raise FileNotFoundError(f"{target}: the writer produced no file")
         os.replace(temp_path, target)
     finally:
-        if temp_path.exists():
-            temp_path.unlink()
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -261,7 +261,6 @@ def save_scene_bundle(path: PathLike, scene: Any = None) -> Path:
             scene.SetURL(original_url)
             scene.SetRootDirectory(original_root)
         with atomic_output(path) as temp_path:
-            temp_path.unlink()
             if not runtime.app_logic.Zip(str(temp_path), str(bundle_dir)):
                 raise UserInputError("could not write the zip archive", path)
     return path

@@ -292,6 +292,31 @@ def test_schema_matches_ctk_0_8_1(tmp_path):
     assert "Files" not in ours["tables"]
 
 
+def test_rows_look_like_ctk_inserted_them(tmp_path, shared_data):
+    """What Slicer's ctkDICOMDatabase reads back: timestamps, dates, displayed fields, connections."""
+    files = small_series(shared_data)
+    db = DicomDatabase(tmp_path / "db")
+    import_paths(db, [str(files[0].parent)], mode="serial")
+    assert all(db.fileExistsAndUpToDate(str(p)) for p in files)  # InsertTimestamp (local) > file mtime
+    raw = sqlite3.connect(tmp_path / "db" / DATABASE_FILENAME)
+    stamps = raw.execute("SELECT InsertTimestamp, DisplayedFieldsUpdatedTimestamp, URL FROM Images").fetchall()
+    assert len(stamps) == 8
+    for inserted, displayed, url in stamps:
+        assert len(inserted) == 23 and inserted[10] == "T"  # Qt ISO date-time with milliseconds
+        assert displayed is not None and url == ""  # Slicer will not recompute displayed fields
+    (patient,) = raw.execute("SELECT PatientsName, PatientID, PatientsBirthDate, DisplayedPatientsName, "
+                             "DisplayedNumberOfStudies, Connections FROM Patients").fetchall()
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert patient[0] == str(ds.PatientName) and patient[1] == ds.PatientID
+    assert patient[4] == 1 and patient[5] == '{"allow":[""],"deny":[]}'
+    (series,) = raw.execute("SELECT SeriesNumber, Modality, DisplayedCount, DisplayedSize, "
+                            "DisplayedFieldsUpdatedTimestamp FROM Series").fetchall()
+    assert series[:4] == (int(ds.SeriesNumber), "MR", 8, f"{ds.Columns}x{ds.Rows}") and series[4]
+    (study,) = raw.execute("SELECT StudyDate, DisplayedNumberOfSeries FROM Studies").fetchall()
+    assert str(study[0]) == ds.StudyDate and study[1] == 1
+    db.closeDatabase()
+
+
 def test_schema_version_mismatch_is_a_user_error(tmp_path):
     DicomDatabase(tmp_path).closeDatabase()
     conn = sqlite3.connect(tmp_path / DATABASE_FILENAME)

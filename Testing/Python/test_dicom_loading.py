@@ -742,3 +742,17 @@ def test_incomplete_echo_is_left_out_by_echo_time(loader, tmp_path):
     assert any("incomplete volume(s) (by EchoTime)" in w for w in volume.warnings)
     assert [v["EchoTime"] for v in volume.per_volume] == [v["EchoTime"] for v in volume_full.per_volume][:7]
     assert_equal_arrays(volume.array, volume_full.array[:7])
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100", ["", "ISO 2022 IR 87"]])
+def test_patient_names_decode_like_pydicom(tmp_path, ct_files, charset):
+    pydicom = pytest.importorskip("pydicom")
+    from MedSegLib.dicom.series_split import read_frames
+
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = "Müller^Jörg" if charset != ["", "ISO 2022 IR 87"] else "Yamada^Tarou"
+    ds.SeriesDescription = "Kopf nativ"
+    path = tmp_path / "named.dcm"
+    ds.save_as(path)
+    assert read_frames(path)[0].file.info == read_frames(path, fast=False)[0].file.info

@@ -252,7 +252,7 @@ def test_cli_user_errors(phantom_nrrd, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_dicom_phantom_series_presets(tmp_path, capsys):
+def test_dicom_phantom_series_presets(tmp_path, capsys, scene):
     sample_data = pytest.importorskip("MedSegLib.sample_data")
     folder = sample_data.write_ct_phantom(tmp_path / "ct", shape=(8, 64, 64), seed=0)
     assert run_cli(folder, "--list-presets", "--json") == 0
@@ -261,13 +261,15 @@ def test_dicom_phantom_series_presets(tmp_path, capsys):
     assert [(d["window"], d["level"]) for d in dicom] == [(400.0, 40.0), (1500.0, -600.0), (2000.0, 500.0)]
     out = tmp_path / "dicom.nrrd"
     assert run_cli(folder, "--preset", "dicom:2", "-o", out, "-q") == 0
+    from MedSegLib.inputs import load_input_volume
+    from MedSegLib.runtime import boot
+    from MedSegLib.volume_nodes import array_and_ijk_to_ras
     from MedSegLib.windowing.voi_lut import window_reference
 
-    hu = load_array(tmp_path / "dicom.nrrd")[0]
-    assert hu.dtype == np.uint8
+    hu, _ = array_and_ijk_to_ras(load_input_volume(str(folder), boot().scene))
+    assert np.array_equal(load_array(out)[0], window_reference(hu, -600, 1500)), "DICOM pair 2 = W1500 / L-600"
     assert run_cli(folder, "--preset", "dicom", "--montage", "4", "-o", tmp_path / "m.png", "-q") == 0
     assert read_png(tmp_path / "m.png").ndim == 2
-    assert window_reference is not None
 
 
 def test_real_ct_two_window_pairs(shared_data, scene):
@@ -305,6 +307,20 @@ def test_numpy_backend_without_numba(monkeypatch):
                               window_reference(values, 40, 400, function, np.uint16))  # fmt: skip
     floats = values.astype(np.float32) / 7
     assert np.array_equal(fast_window.window(floats, 40, 400), window_reference(floats, 40, 400))
+
+
+def test_backend_choice(monkeypatch):
+    from MedSegLib.windowing import fast_window
+
+    monkeypatch.delenv(fast_window.BACKEND_ENV, raising=False)
+    with pytest.raises(ValueError):
+        fast_window.backend(requested="gpu")
+    if not fast_window.numba_available():
+        assert fast_window.backend(10) == "numpy"
+        return
+    assert fast_window.warm_up()
+    assert fast_window.backend(10) == "numba", "once warm, auto uses numba for any size"
+    assert fast_window.backend(10, "numpy") == "numpy"
 
 
 def test_demo_helper_uses_exact_window():

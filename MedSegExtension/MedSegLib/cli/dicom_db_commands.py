@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from typing import Callable, List, Optional
@@ -65,7 +66,10 @@ def run_import(args: argparse.Namespace) -> int:
     progress, close = _progress_bar(not args.no_progress)
     try:
         summary = import_paths(db, args.paths, copy_files=args.copy, mode=args.mode, workers=args.workers,
-                               progress=progress)
+                               progress=progress, durable=args.durable)
+    except sqlite3.OperationalError as error:
+        raise UserInputError(f"cannot write the DICOM database ({error}); is 3D Slicer importing into it?",
+                             db.databaseDirectory()) from None
     finally:
         close()
         db.closeDatabase()
@@ -131,6 +135,8 @@ def register_database_commands(dicom_subparsers: argparse._SubParsersAction) -> 
                         help="how header reading runs in parallel (default: auto)")
     parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--durable", action="store_true",
+                        help="fsync every commit (slower; by default an OS crash mid-import may need a re-import)")
     parser.set_defaults(func=run_import)
 
     parser = dicom_subparsers.add_parser(

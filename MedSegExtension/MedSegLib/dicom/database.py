@@ -318,7 +318,7 @@ class DicomDatabase:
             except OSError as error:
                 raise UserInputError(f"cannot create the database folder: {error.strerror}", directory) from None
         try:
-            self._conn: Optional[sqlite3.Connection] = sqlite3.connect(db_file, isolation_level=None)
+            self._conn: Optional[sqlite3.Connection] = sqlite3.connect(db_file, isolation_level=None, timeout=30.0)
             if not exists:
                 self._initialize_database()
         except sqlite3.Error as error:

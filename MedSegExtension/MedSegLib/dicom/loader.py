@@ -46,7 +46,7 @@ class LoadedVolume:
     window_presets: list[tuple[float, float, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     series_uid: str = ""
-    instance_uids: list[str] = field(default_factory=list)  # slice order; volume-major for 4D
+    instance_uids: list[str] = field(default_factory=list)  # acquired slice order; volume-major for 4D
     instance_numbers: list[int] = field(default_factory=list)  # InstanceNumber (0020,0013), same order
     per_volume: list[dict[str, Any]] = field(default_factory=list)  # 4D: acquisition parameters per volume
     varying: list[str] = field(default_factory=list)  # 4D: parameters that differ between volumes
@@ -157,7 +157,8 @@ def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_phil
     if reference.orientation is None or any(f.position is None for f in first_volume):
         spacing = reference.pixel_spacing or (1.0, 1.0)
         ijk_to_lps = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-        warnings.append("images lack position/orientation: identity orientation assumed, slices in file order")
+        warnings.append("images lack position/orientation: identity orientation assumed, slices in InstanceNumber "
+                        "order")
     else:
         positions = np.array([f.position for f in first_volume], dtype=np.float64)
         spacing = reference.pixel_spacing or (1.0, 1.0)

@@ -253,7 +253,8 @@ def _pixel_element(fp, implicit: bool) -> tuple[int, int] | None:
 # tags used here is 5-10x faster; anything unusual returns None and goes through pydicom.
 
 _FAST_TAGS: dict[int, tuple[str, str]] = {
-    0x00080008: ("ImageType", "CS"), 0x00080018: ("SOPInstanceUID", "UI"), 0x00080020: ("StudyDate", "DA"),
+    0x00080005: ("SpecificCharacterSet", "CS"), 0x00080008: ("ImageType", "CS"),
+    0x00080018: ("SOPInstanceUID", "UI"), 0x00080020: ("StudyDate", "DA"),
     0x00080030: ("StudyTime", "TM"), 0x00080032: ("AcquisitionTime", "TM"), 0x00080050: ("AccessionNumber", "SH"),
     0x00080060: ("Modality", "CS"), 0x00080070: ("Manufacturer", "LO"), 0x00081030: ("StudyDescription", "LO"),
     0x0008103E: ("SeriesDescription", "LO"), 0x00082111: ("DerivationDescription", "ST"),
@@ -282,6 +283,9 @@ _FAST_TAGS: dict[int, tuple[str, str]] = {
 #: Tags whose presence means the file needs the full pydicom path (functional groups, mosaics, UIH grids).
 _FAST_ABORT = {0x52009229, 0x52009230, 0x00651050, 0x00651051, 0x00291010}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
+_TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
+#: Character sets the quick scan decodes itself; others (ISO 2022 escapes, GB18030 ...) go through pydicom.
+_SIMPLE_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"}
 _BINARY = {"US": "<H", "SS": "<h", "FD": "<d", "FL": "<f", "UL": "<I", "SL": "<i"}
 
 
@@ -369,7 +373,8 @@ def _decode(raw: bytes, vr: str, values: dict[Any, Any]) -> Any:
             return None
         numbers = struct.unpack_from(f"<{count}{fmt[1]}", raw)
         return numbers[0] if count == 1 else list(numbers)
-    text = raw.decode("latin-1").rstrip("\0 ").strip()
+    encoding = "utf-8" if vr in _TEXT_VRS and values.get("SpecificCharacterSet") == "ISO_IR 192" else "latin-1"
+    text = raw.decode(encoding, "replace").rstrip("\0 ").strip()
     if vr in ("DS", "IS", "CS", "UI") or (vr in ("LO", "SH") and "\\" in text):
         parts = [part.strip() for part in text.split("\\")]
         if vr in ("DS", "IS", "CS", "LO", "SH") and len(parts) > 1:
@@ -392,6 +397,8 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
         if group != 0x0002:
             break
         vr = data[pos + 4:pos + 6]
+        if not vr.isalpha() or not vr.isupper():
+            return None  # file meta not in explicit VR: unusual file, let pydicom decide
         if vr in _LONG_VRS:
             length = struct.unpack_from("<I", data, pos + 8)[0]
             pos += 12
@@ -418,6 +425,8 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
             vr = b""
         else:
             vr = data[pos + 4:pos + 6]
+            if not vr.isalpha() or not vr.isupper():
+                return None  # not explicit VR after all (mislabelled transfer syntax): pydicom copes
             if vr in _LONG_VRS:
                 length = struct.unpack_from("<I", data, pos + 8)[0]
                 header = 12
@@ -446,6 +455,8 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
             if vr_text in ("OB", "UN"):
                 vr_text = declared
             values[key] = _decode(data[pos:pos + length], vr_text, values)
+            if tag == 0x00080005 and "\\".join(_as_list(values[key])).strip() not in _SIMPLE_CHARSETS:
+                return None
         pos += length
     if not has_pixels and end < size:
         return None
@@ -611,7 +622,8 @@ def _split_key(frame: Frame) -> tuple:
 def _position_groups(frames: list[Frame]) -> tuple[list[list[Frame]], list[float]]:
     """Cluster frames by distance along the normal (ascending); each cluster holds the frames at one position."""
     if frames[0].orientation is None or any(f.position is None for f in frames):
-        return [[f] for f in frames], [float(i) for i in range(len(frames))]
+        ordered = sorted(frames, key=lambda f: (f.instance_number, f.file.path, f.frame_index or 0))
+        return [[f] for f in ordered], [float(i) for i in range(len(ordered))]
     _, _, n = orientation_vectors(frames[0].orientation)
     dist = np.array([float(np.asarray(f.position) @ n) for f in frames])
     order = np.argsort(dist, kind="stable")

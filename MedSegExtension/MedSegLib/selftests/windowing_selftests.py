@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -62,6 +63,13 @@ def pydicom_windowed(values: np.ndarray, center: float, width: float, function: 
     return whole.astype(dtype)
 
 
+def engines() -> List[str]:
+    """The fast-path backends present here: numpy always, numba when installed."""
+    from MedSegLib.windowing.fast_window import numba_available
+
+    return ["numpy"] + (["numba"] if numba_available() else [])
+
+
 def _assert_same(expected: np.ndarray, actual: np.ndarray, what: str) -> None:
     assert expected.dtype == actual.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     if expected.dtype == np.float64:
@@ -89,7 +97,9 @@ def check_dicom_functions_match_pydicom(scene: Any, work_dir: Path) -> None:
                     expected = pydicom_windowed(values, center, width, function, out_dtype)
                     what = f"{function} W{width} C{center} {name}->{np.dtype(out_dtype)}"
                     _assert_same(expected, window_reference(values, center, width, function, out_dtype), what + " ref")
-                    _assert_same(expected, window(values, center, width, function, out_dtype), what + " fast")
+                    for engine in engines():
+                        got = window(values, center, width, function, out_dtype, engine=engine)
+                        _assert_same(expected, got, f"{what} {engine}")
 
 
 def vtk_window_level(values: np.ndarray, window: float, level: float) -> np.ndarray:
@@ -127,9 +137,13 @@ def check_seed_matches_float64_reference_and_slicer(scene: Any, work_dir: Path) 
                 expected = seed_float64_reference(values, level, width, ymax).astype(out_dtype)
                 what = f"seed W{width} L{level} {values.dtype}->{np.dtype(out_dtype)}"
                 _assert_same(expected, window_reference(values, level, width, "seed", out_dtype), what + " ref")
-                _assert_same(expected, window(values, level, width, "seed", out_dtype), what + " fast")
+                for engine in engines():
+                    got = window(values, level, width, "seed", out_dtype, engine=engine)
+                    _assert_same(expected, got, f"{what} {engine}")
     for name, (width, level) in SLICER_CT_PRESETS.items():
         _assert_same(vtk_window_level(values16, width, level), window(values16, level, width), f"{name} vs VTK")
+        _assert_same(vtk_window_level(values16, width, level), seed_float64_reference(values16, level, width, 255)
+                     .astype(np.uint8), f"{name} float64 reference vs VTK")  # fmt: skip
 
 
 def check_voi_lut_sequence_matches_pydicom(scene: Any, work_dir: Path) -> None:
@@ -172,11 +186,14 @@ def check_voi_lut_sequence_matches_pydicom(scene: Any, work_dir: Path) -> None:
                 # pydicom keeps 8-bit LUT indices in uint8, which wraps once x - first > 255 (the standard
                 # clips to the last entry, as we do): compare where pydicom's index is still right.
                 keep = values.astype(np.int64) - first < 256
-                _assert_same(expected[keep], apply_voi_lut_sequence(values, lut)[keep], what + " fast")
                 _assert_same(expected[keep], apply_voi_lut_sequence_reference(values, lut)[keep], what + " ref")
+                for engine in engines():
+                    got = apply_voi_lut_sequence(values, lut, engine=engine)
+                    _assert_same(expected[keep], got[keep], f"{what} {engine}")
                 continue
             _assert_same(expected, apply_voi_lut_sequence_reference(values, lut), what + " ref")
-            _assert_same(expected, apply_voi_lut_sequence(values, lut), what + " fast")
+            for engine in engines():
+                _assert_same(expected, apply_voi_lut_sequence(values, lut, engine=engine), f"{what} {engine}")
         floats = float_edge_values()
         floats = floats[np.isfinite(floats) & (floats - first < 60000)]
         with warnings.catch_warnings():
@@ -185,7 +202,9 @@ def check_voi_lut_sequence_matches_pydicom(scene: Any, work_dir: Path) -> None:
         if bits == 8:
             keep = (floats - first) < 256
             expected, floats = expected[keep], floats[keep]
-        _assert_same(expected, apply_voi_lut_sequence(floats, lut), f"VOI LUT {entries}@{first} float32")
+        for engine in engines():
+            got = apply_voi_lut_sequence(floats, lut, engine=engine)
+            _assert_same(expected, got, f"VOI LUT {entries}@{first} float32 {engine}")
 
 
 def check_nan_maps_to_zero_with_warning(scene: Any, work_dir: Path) -> None:
@@ -194,8 +213,9 @@ def check_nan_maps_to_zero_with_warning(scene: Any, work_dir: Path) -> None:
     from MedSegLib.windowing.voi_lut import window_reference
 
     values = np.array([np.nan, -1000.0, 40.0, np.nan, 3000.0], dtype=np.float32)
+    computes = [window_reference] + [partial(window, engine=engine) for engine in engines()]
     for function in ("seed", "linear", "linear-exact", "sigmoid"):
-        for compute in (window, window_reference):
+        for compute in computes:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = compute(values, 40, 400, function, np.uint8)
@@ -208,8 +228,6 @@ def check_nan_maps_to_zero_with_warning(scene: Any, work_dir: Path) -> None:
 
 def check_fast_path_layouts_and_backends(scene: Any, work_dir: Path) -> None:
     """Non-contiguous views, 3D shapes, int32/float64/uint8 inputs and the numpy backend give the same bytes."""
-    import os
-
     from MedSegLib.windowing import fast_window
     from MedSegLib.windowing.voi_lut import window_reference
 
@@ -217,20 +235,12 @@ def check_fast_path_layouts_and_backends(scene: Any, work_dir: Path) -> None:
     volume = rng.integers(-1024, 3071, size=(7, 33, 65)).astype(np.int16)
     cases = [volume, volume[:, ::2, ::-1], volume.transpose(2, 0, 1), volume.astype(np.int32),
              volume.astype(np.float64) + 0.5, (volume % 256).astype(np.uint8)]  # fmt: skip
-    previous = os.environ.get(fast_window.BACKEND_ENV)
-    try:
-        for backend in ("auto", "numpy"):
-            os.environ[fast_window.BACKEND_ENV] = backend
-            for values in cases:
-                for function in ("seed", "linear", "sigmoid"):
-                    expected = window_reference(values, 40, 400, function, np.uint8)
-                    got = fast_window.window(values, 40, 400, function, np.uint8, threads=2)
-                    _assert_same(expected, got, f"{backend} {function} {values.dtype} {values.strides}")
-    finally:
-        if previous is None:
-            os.environ.pop(fast_window.BACKEND_ENV, None)
-        else:
-            os.environ[fast_window.BACKEND_ENV] = previous
+    for engine in engines():
+        for values in cases:
+            for function in ("seed", "linear", "sigmoid"):
+                expected = window_reference(values, 40, 400, function, np.uint8)
+                got = fast_window.window(values, 40, 400, function, np.uint8, threads=2, engine=engine)
+                _assert_same(expected, got, f"{engine} {function} {values.dtype} {values.strides}")
 
 
 def check_preset_library(scene: Any, work_dir: Path) -> None:

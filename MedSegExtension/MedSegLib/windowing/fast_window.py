@@ -189,7 +189,7 @@ def _gather(codes: np.ndarray, lut: np.ndarray, out: np.ndarray, threads: Option
         return
 
     def work(start: int, stop: int) -> int:
-        np.take(lut, codes[start:stop], out=out[start:stop])
+        np.take(lut, codes[start:stop], out=out[start:stop], mode="clip")  # codes always in range
         return 0
 
     _run_chunks(codes.size, threads, work)
