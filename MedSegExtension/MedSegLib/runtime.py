@@ -149,6 +149,13 @@ def _silence_vtk_output_window() -> None:
     vtk.vtkOutputWindow.SetInstance(output)
 
 
+def _volume_presets_share_dir() -> Path:
+    """Slicer's built-in display presets plus MedSeg's window preset library, in Slicer's format."""
+    from MedSegLib.windowing.display import library_volume_display_presets_folder
+
+    return library_volume_display_presets_folder()
+
+
 def _boot_headless() -> SlicerRuntime:
     import slicer
     import vtk
@@ -175,9 +182,10 @@ def _boot_headless() -> SlicerRuntime:
         if logic_class is None:
             continue
         logic = logic_class()
-        if share_folder:
-            share_dir = resource_path(share_folder)
-            logic.SetModuleShareDirectory(str(share_dir))
+        if module_name == "Volumes":
+            logic.SetModuleShareDirectory(str(_volume_presets_share_dir()))
+        elif share_folder:
+            logic.SetModuleShareDirectory(str(resource_path(share_folder)))
         logic.SetMRMLApplicationLogic(app_logic)
         logic.SetMRMLScene(scene)
         app_logic.SetModuleLogic(module_name, logic)

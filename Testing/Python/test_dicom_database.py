@@ -420,6 +420,22 @@ def test_real_data_hierarchy_and_displayed_fields(real_import):
     assert sorted(db.allFiles()) == sorted(view)
 
 
+def test_real_data_listing_warns_about_known_traps(real_import):
+    db, _summary, view, _rejected = real_import
+    listing = {s["series_instance_uid"]: s for p in describe_database(db) for st in p["studies"] for s in st["series"]}
+    assert sum(s["instances"] for s in listing.values()) == len(view)
+
+    def warnings_for(fragment: str) -> str:
+        path = next(p for p in view if fragment in p)
+        return " | ".join(listing[db.seriesForFile(path)]["warnings"])
+
+    ge_ct = warnings_for("dcm_qa_ct/In/GE/")  # tilt +18.5 degrees, steps 1.14 / 4.22 / 7.38 mm
+    assert "unequal slice spacing" in ge_ct and "18.5 degrees" in ge_ct
+    assert warnings_for("dcm_qa_ct/In/Philips/") == ""  # a regular stack: no warning
+    assert "150 instances at 15 slice position(s)" in warnings_for("20180918GE/mr_0004")  # fMRI time series
+    assert "missing ImagePositionPatient" in warnings_for("dcm_qa_uih_dti")  # UIH stores no IPP
+
+
 def test_real_data_without_uids_gets_stable_derived_uids(real_import, tmp_path):
     db, summary, view, _rejected = real_import
     anonymised = sorted(p for p in view if "example_ct_dicom" in p)

@@ -756,3 +756,21 @@ def test_patient_names_decode_like_pydicom(tmp_path, ct_files, charset):
     path = tmp_path / "named.dcm"
     ds.save_as(path)
     assert read_frames(path)[0].file.info == read_frames(path, fast=False)[0].file.info
+
+
+def test_series_differing_in_several_parameters_and_protocol_stay_separate(loader, tmp_path):
+    """A T1 and a T2 sharing a slice prescription are two volumes, not one 4D experiment."""
+    pydicom = pytest.importorskip("pydicom")
+    sources = sorted(_require("hazen_relaxometry", "T1", "site3_ge").rglob("Z*"))
+    by_ti: dict[float, list[Path]] = {}
+    for path in sources:
+        by_ti.setdefault(float(pydicom.dcmread(path, stop_before_pixels=True).InversionTime), []).append(path)
+    for name, ti, te, tr in (("t1", 50.0, 10, 500), ("t2", 100.0, 90, 4000)):
+        for number, path in enumerate(by_ti[ti]):
+            ds = pydicom.dcmread(path)
+            ds.SeriesDescription, ds.EchoTime, ds.RepetitionTime = f"{name} axial", te, tr
+            del ds.InversionTime
+            ds.save_as(tmp_path / f"{name}_{number}.dcm")
+    loadables = [item for item in loader.examine_files(sorted(tmp_path.iterdir())) if item.selected]
+    assert sorted(item.n_volumes for item in loadables) == [1, 1]
+    assert sorted(item.name.split(": ")[-1] for item in loadables) == ["t1 axial", "t2 axial"]

@@ -42,6 +42,7 @@ def _progress_bar(enabled: bool) -> tuple[Optional[Callable[[int, int], None]], 
     def update(done: int, total: int) -> None:
         bar = state.get("bar")
         if bar is None:
+            tqdm.monitor_interval = 0  # no monitor thread: the import may fork worker processes afterwards
             bar = tqdm(total=total, unit="file", delay=1.0, file=sys.stderr, leave=False, desc="indexing")
             state["bar"] = bar
         bar.total = total

@@ -20,6 +20,8 @@ COMMAND_MODULES: List[str] = [
     "MedSegLib.cli.demo_command",
     "MedSegLib.cli.dicom_command",
     "MedSegLib.cli.window_command",
+    "MedSegLib.cli.qmri_command",
+    "MedSegLib.cli.mri_command",
 ]
 
 EXIT_OK = 0

@@ -17,6 +17,7 @@ loading logic runs unchanged against ``slicer.dicomDatabase`` or this class.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import sqlite3
@@ -562,6 +563,11 @@ class DicomDatabase:
                 return ""  # MedSeg cached every present value of these tags: absent means not in the file
         return self._value_from_file(self.absolute_path(fileName), sop, tag)
 
+    def reset_caches(self) -> None:
+        """Forget in-memory lookups (file -> instance); called after imports and removals."""
+        self._instance_for_file.clear()
+        self._cached_tag_keys = None
+
     def cached_tag_keys(self) -> frozenset:
         """Tags every MedSeg import of this database cached for each instance (when present in the file)."""
         if self._cached_tag_keys is None:
@@ -627,7 +633,7 @@ class DicomDatabase:
         for name, _sop in rows:
             if name and not os.path.isabs(name):
                 self._remove_copy(self.absolute_path(name))
-        self._instance_for_file.clear()
+        self.reset_caches()
         return True
 
     def removeStudy(self, studyInstanceUID: str, cleanup: bool = True) -> bool:
@@ -787,6 +793,55 @@ def _orientation_key(value: str, tolerance: float = 1e-4) -> Tuple[float, ...]:
         return (float("nan"),)
 
 
+def _floats(value: str) -> List[float]:
+    try:
+        return [float(v) for v in value.split("\\")]
+    except ValueError:
+        return []
+
+
+def _geometry_warnings(instances: List[Dict[str, str]], spacing_tolerance: float = 0.01) -> List[str]:
+    """Slice stacking problems visible from cached IPP/IOP: repeated positions, uneven steps, tilt.
+
+    Tolerances follow Slicer's examine step (0.01 mm spacing epsilon); the tilt check compares the
+    stacking direction with the slice normal (a gantry tilt shears the volume).
+    """
+    if len(instances) < 2:
+        return []
+    orientation = _floats(instances[0].get("0020,0037", ""))
+    positions = [_floats(v.get("0020,0032", "")) for v in instances]
+    if len(orientation) != 6 or any(len(p) != 3 for p in positions):
+        return []
+    r, c = orientation[:3], orientation[3:]
+    normal = [r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]]
+    norm = math.sqrt(sum(x * x for x in normal)) or 1.0
+    normal = [x / norm for x in normal]
+    distances = sorted((sum(p[i] * normal[i] for i in range(3)), p) for p in positions)
+    unique: List[Tuple[float, List[float]]] = []
+    for distance, position in distances:
+        if not unique or distance - unique[-1][0] > spacing_tolerance:
+            unique.append((distance, position))
+    warnings: List[str] = []
+    if len(unique) < len(instances):
+        per_position = len(instances) / len(unique)
+        warnings.append(f"{len(instances)} instances at {len(unique)} slice position(s) "
+                        f"(~{per_position:.3g} per position: several volumes, e.g. time, echo or b-value?)")
+    if len(unique) >= 3:
+        steps = [b[0] - a[0] for a, b in zip(unique, unique[1:])]
+        if max(steps) - min(steps) > spacing_tolerance:
+            warnings.append(f"unequal slice spacing ({min(steps):.3g} to {max(steps):.3g} mm)")
+    if len(unique) >= 2:
+        first, last = unique[0][1], unique[-1][1]
+        direction = [last[i] - first[i] for i in range(3)]
+        length = math.sqrt(sum(x * x for x in direction))
+        if length > 0:
+            cosine = min(1.0, abs(sum(direction[i] * normal[i] for i in range(3))) / length)
+            angle = math.degrees(math.acos(cosine))
+            if angle > 0.01:
+                warnings.append(f"slices are not stacked along their normal ({angle:.3g} degrees: gantry tilt?)")
+    return warnings
+
+
 def series_warnings(instances: Dict[str, Dict[str, str]], duplicates: int, without_pixels: int) -> List[str]:
     """Loadability warnings for one series from cached values (sop -> {tag: value})."""
     warnings: List[str] = []
@@ -806,6 +861,8 @@ def series_warnings(instances: Dict[str, Dict[str, str]], duplicates: int, witho
     orientations = {_orientation_key(v["0020,0037"]) for v in instances.values() if "0020,0037" in v}
     if len(orientations) > 1:
         warnings.append(f"multiple orientations ({len(orientations)})")
+    if len(orientations) == 1 and not missing_position:
+        warnings.extend(_geometry_warnings(single_frame))
     if duplicates:
         warnings.append(f"duplicate SOPInstanceUID: {duplicates} other file(s) hold instances of this series")
     if without_pixels:

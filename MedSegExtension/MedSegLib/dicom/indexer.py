@@ -1107,6 +1107,7 @@ def import_paths(
                 inserter.add_chunk(pending)
         finally:
             inserter.finish()  # also after Ctrl-C: committed chunks get their displayed fields
+            db.reset_caches()
     finally:
         for name in schemas:
             conn.execute(f"PRAGMA {name}.synchronous = {int(previous_sync[name])}")

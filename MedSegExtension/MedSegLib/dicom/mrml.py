@@ -26,6 +26,9 @@ def apply_window_presets(volume_node: Any, presets: Sequence[Sequence[Any]]) -> 
     display = volume_node.GetScalarVolumeDisplayNode()
     if display is None or not presets:
         return
+    explanations = [str(preset[2]) if len(preset) > 2 and preset[2] else "" for preset in presets]
+    if any(explanations):
+        volume_node.SetAttribute("DICOM.WindowCenterWidthExplanation", "\\".join(explanations))
     display.ResetWindowLevelPresets()
     for preset in presets:
         center, width = float(preset[0]), float(preset[1])

@@ -262,7 +262,8 @@ _FAST_TAGS: dict[int, tuple[str, str]] = {
     0x00100040: ("PatientSex", "CS"), 0x00180015: ("BodyPartExamined", "CS"), 0x00180050: ("SliceThickness", "DS"),
     0x00180080: ("RepetitionTime", "DS"), 0x00180081: ("EchoTime", "DS"), 0x00180082: ("InversionTime", "DS"),
     0x00180086: ("EchoNumbers", "IS"), 0x00180088: ("SpacingBetweenSlices", "DS"), 0x00181060: ("TriggerTime", "DS"),
-    0x00181164: ("ImagerPixelSpacing", "DS"), 0x00181314: ("FlipAngle", "DS"), 0x00189087: ("DiffusionBValue", "FD"),
+    0x00181030: ("ProtocolName", "LO"), 0x00181164: ("ImagerPixelSpacing", "DS"),
+    0x00181314: ("FlipAngle", "DS"), 0x00189087: ("DiffusionBValue", "FD"),
     0x00189089: ("DiffusionGradientOrientation", "FD"), 0x0020000D: ("StudyInstanceUID", "UI"),
     0x0020000E: ("SeriesInstanceUID", "UI"), 0x00200010: ("StudyID", "SH"), 0x00200011: ("SeriesNumber", "IS"),
     0x00200012: ("AcquisitionNumber", "IS"), 0x00200013: ("InstanceNumber", "IS"),
@@ -532,7 +533,7 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
             "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
             "StudyTime", "StudyDescription", "StudyID", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber",
             "SeriesDescription", "Modality", "Manufacturer", "BodyPartExamined", "DerivationDescription",
-            "SliceThickness")},
+            "SliceThickness", "ProtocolName")},
     )
     base_position = _vector(ds.get("ImagePositionPatient"), 3)
     base_orientation = _vector(ds.get("ImageOrientationPatient"), 6)
@@ -867,6 +868,11 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
         distinct = {tuple(sorted((k, str(v)) for k, v in p.items())) for p in param_sets}
         if len(distinct) != len(indices):
             continue  # repeated identical acquisitions stay separate volumes
+        differing = {k for p in param_sets for k in p if len({str(q.get(k)) for q in param_sets}) > 1}
+        protocols = {(pieces[i][0][0].file.info.get("SeriesDescription", ""),
+                      pieces[i][0][0].file.info.get("ProtocolName", "")) for i in indices}
+        if len(differing) > 1 and len(protocols) > 1:
+            continue  # e.g. a T1 and a T2 sharing a slice prescription: different images, not one experiment
         frames_all = [f for i in indices for f in pieces[i][0]]
         first = min(indices, key=lambda i: (pieces[i][0][0].params.get("SeriesNumber", 0), i))
         merged.append((frames_all, pieces[first][1], pieces[first][2] + [

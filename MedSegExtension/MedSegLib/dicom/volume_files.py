@@ -46,15 +46,7 @@ def write_volume(volume: LoadedVolume, path: str | os.PathLike, compress: bool =
             _write_nrrd(volume, temporary, compress)
         else:
             _write_nifti(volume, temporary)
-        _apply_umask(temporary)
     return path
-
-
-def _apply_umask(path: Path) -> None:
-    """The temporary file is created 0600; give the result the permissions of a normally created file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _vector(values) -> str:

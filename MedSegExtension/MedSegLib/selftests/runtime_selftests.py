@@ -33,7 +33,8 @@ def check_runtime_boot(scene: Any, work_dir: Path) -> None:
     assert boot() is runtime, "boot() must be idempotent"
     assert slicer.mrmlScene is runtime.scene
     assert slicer.modules.volumes.logic() is runtime.logic("Volumes")
-    assert "CT_BONE" in runtime.logic("Volumes").GetVolumeDisplayPresetIDs()
+    preset_ids = runtime.logic("Volumes").GetVolumeDisplayPresetIDs()
+    assert "CT_BONE" in preset_ids and "MEDSEG_MEDIASTINUM" in preset_ids, preset_ids
     assert scene.GetFirstNodeByClass("vtkMRMLColorTableNode") is not None, "default colour nodes missing"
 
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from MedSegLib.windowing.presets import DEFAULT_COLOR, WindowPreset, load_presets
+from MedSegLib.windowing.presets import DEFAULT_COLOR, WindowPreset, library_path, load_presets, read_preset_file
 
 SLICER_PRESETS_FILE = "VolumeDisplayPresets.json"
 SLICER_SCHEMA_URL = (
@@ -32,6 +32,16 @@ SLICER_SCHEMA_URL = (
     "volumes-display-presets-schema-v1.0.0.json#"
 )
 MEDSEG_ID_PREFIX = "MEDSEG_"
+# Slicer's own preset icons (Qt resources of the Volumes widgets), reused so MedSeg's buttons are not blank.
+_ICONS = {
+    "LUNG": ":/Icons/WindowLevelPreset-Lung.png",
+    "BONE": ":/Icons/WindowLevelPreset-CT-bone.png",
+    "TEMPORAL_BONE": ":/Icons/WindowLevelPreset-CT-bone.png",
+    "BRAIN": ":/Icons/WindowLevelPreset-Brain.png",
+    "SUBDURAL": ":/Icons/WindowLevelPreset-Brain.png",
+    "STROKE": ":/Icons/WindowLevelPreset-Brain.png",
+}
+_DEFAULT_ICON = ":/Icons/WindowLevelPreset-Abdomen.png"
 # Attributes a loader may set with the WindowCenterWidthExplanation values (first found wins).
 EXPLANATION_ATTRIBUTES = ("DICOM.WindowCenterWidthExplanation", "MedSeg.windowExplanations")
 
@@ -153,6 +163,7 @@ def slicer_preset_entries(presets: Sequence[WindowPreset]) -> List[Dict[str, Any
                 "window": float(preset.window),
                 "level": float(preset.level),
                 "color": preset.color or DEFAULT_COLOR,
+                "icon": _ICONS.get(preset.id, _DEFAULT_ICON),
             }
         )
     return entries
@@ -192,6 +203,25 @@ def write_volume_display_presets(folder: Path, document: Dict[str, Any]) -> Path
         with atomic_output(path) as temp_path:
             temp_path.write_text(text, encoding="utf-8")
     return path
+
+
+def library_volume_display_presets_folder() -> Path:
+    """Slicer's presets plus MedSeg's library, as a Volumes-logic share folder (written once per content).
+
+    The headless runtime boots its Volumes logic on this folder, so MedSeg presets are in the
+    Volumes preset list from the start (the logic reads its preset file only once).
+    """
+    from MedSegLib.resources import resource_path
+    from MedSegLib.runtime import shared_temp_dir
+
+    base_dir = str(resource_path("VolumeDisplayPresets"))
+    document = combined_presets_document(read_preset_file(library_path(), library=True), _read_base_document(base_dir))
+    digest = hashlib.sha1(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
+    folder = shared_temp_dir() / f"VolumeDisplayPresets-{digest}"
+    if not (folder / "VolumeDisplayPresets.json").is_file():
+        write_volume_display_presets(folder, document)
+        (folder / ".medseg-base").write_text(base_dir, encoding="utf-8")
+    return folder
 
 
 def register_volume_display_presets(

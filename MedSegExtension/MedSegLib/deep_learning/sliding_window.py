@@ -1,0 +1,248 @@
+"""Sliding-window inference that equals MONAI 1.6.1 ``sliding_window_inference`` but streams by slab.
+
+Why not call MONAI: its output buffer holds ``classes x full volume`` float32 (41 GiB for 105 classes on
+512x512x400) plus a count map of the same spatial size. Here windows are visited in MONAI's order
+(C-order over window starts, first spatial axis slowest), so once every window starting before z has
+run, the voxels below z are final: they are divided by the summed weights and handed to a consumer
+(argmax to uint8, optional probabilities) and their buffer rows are dropped.
+
+Peak memory of the stitching: ``classes x (roi_z + overhang) x H x W`` float32 for the weighted sum plus
+``(roi_z + overhang) x H x W`` for the weights, where ``overhang`` is the z-extent of the rows covered
+by one window batch (usually one scan interval). The arithmetic (window positions, padding, Gaussian
+importance map with its 1e-3 floor, weighted sum then division, window order) follows MONAI exactly,
+so results agree to float rounding (tested: max abs diff <= 1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.progress import CancelToken, ProgressCallback
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+class DeviceOutOfMemory(UserInputError):
+    """The accelerator ran out of memory even with one window per batch."""
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where the windows go on the (padded) image, exactly as MONAI places them."""
+
+    image_size: Tuple[int, ...]  # original spatial size
+    padded_size: Tuple[int, ...]  # max(image, roi) per dim
+    roi_size: Tuple[int, ...]
+    pad_before: Tuple[int, ...]
+    starts: Tuple[Tuple[int, ...], ...]  # per-dim window starts (padded coordinates)
+
+    @property
+    def windows(self) -> List[Tuple[int, ...]]:
+        """All window starts in MONAI's order (meshgrid 'ij': last dim fastest)."""
+        import itertools
+
+        return list(itertools.product(*self.starts))
+
+    @property
+    def num_windows(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+
+def plan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Union[float, Sequence[float]]) -> WindowPlan:
+    """MONAI's ``_get_scan_interval`` + ``dense_patch_slices`` + padding rule, without MONAI."""
+    ndim = len(image_size)
+    roi = tuple(int(r) if r is not None and int(r) > 0 else int(s) for r, s in zip(roi_size, image_size))
+    if len(roi) != ndim:
+        raise ValueError(f"roi_size {tuple(roi_size)} does not match {ndim} spatial dims")
+    overlaps = tuple(overlap) if isinstance(overlap, (list, tuple)) else (float(overlap),) * ndim
+    for o in overlaps:
+        if not 0 <= o < 1:
+            raise UserInputError(f"overlap must be >= 0 and < 1, got {o}")
+    padded = tuple(max(int(s), r) for s, r in zip(image_size, roi))
+    pad_before = tuple((max(r - int(s), 0)) // 2 for s, r in zip(image_size, roi))
+    starts = []
+    for size, r, o in zip(padded, roi, overlaps):
+        interval = r if r == size else max(int(r * (1 - o)), 1)
+        num = int(math.ceil(float(size) / interval))
+        steps = next((d for d in range(num) if d * interval + r >= size), None)
+        count = steps + 1 if steps is not None else 1
+        dim_starts = []
+        for idx in range(count):
+            start = idx * interval
+            start -= max(start + r - size, 0)
+            dim_starts.append(start)
+        starts.append(tuple(dim_starts))
+    return WindowPlan(tuple(int(s) for s in image_size), padded, roi, pad_before, tuple(starts))
+
+
+def importance_map(roi_size: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125, device: Any = "cpu") -> Any:
+    """MONAI's ``compute_importance_map``: separable Gaussian centred at (p-1)/2, sigma = scale*p, floor 1e-3."""
+    import torch
+
+    if mode not in BLEND_MODES:
+        raise UserInputError(f"blend mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
+    if mode == "constant":
+        return torch.ones(tuple(roi_size), dtype=torch.float32, device=device)
+    scales = tuple(sigma_scale) if isinstance(sigma_scale, (list, tuple)) else (sigma_scale,) * len(roi_size)
+    weight = None
+    for i, (p, s) in enumerate(zip(roi_size, scales)):
+        sigma = p * s
+        x = torch.arange(start=-(p - 1) / 2.0, end=(p - 1) / 2.0 + 1, dtype=torch.float, device=device)
+        x = torch.exp(x**2 / (-2 * sigma**2))
+        weight = x if i == 0 else weight.unsqueeze(-1) * x[(None,) * i]
+    floor = max(torch.min(weight).item(), 1e-3)
+    return torch.clamp_(weight, min=floor)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+def iter_sliding_window_slabs(
+    image: Any,
+    predictor: Callable[[Any], Any],
+    roi_size: Sequence[int],
+    overlap: Union[float, Sequence[float]] = 0.25,
+    mode: str = "gaussian",
+    sigma_scale: float = 0.125,
+    sw_batch_size: int = 4,
+    padding_mode: str = "constant",
+    cval: float = 0.0,
+    device: Any = "cpu",
+    amp: bool = False,
+    amp_dtype: Any = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Iterator[Tuple[int, int, Any]]:
+    """Yield ``(z0, z1, averaged)`` slabs of the stitched prediction, in z order, on the CPU.
+
+    ``image`` is a CPU tensor ``[C, D, H, W]`` (one image); ``averaged`` is float32 ``[K, z1-z0, H, W]``,
+    exactly what MONAI returns for those rows (weighted average of raw predictor outputs).
+    ``predictor`` gets ``[B, C, *roi]`` on ``device``. On a GPU out-of-memory the batch is halved and
+    retried; at one window it raises :class:`DeviceOutOfMemory`. ``cancel`` is checked before every batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if image.ndim != 4:
+        raise ValueError(f"expected a [C, D, H, W] tensor, got shape {tuple(image.shape)}")
+    device = torch.device(device)
+    plan = plan_windows(tuple(image.shape[1:]), roi_size, overlap)
+    roi = plan.roi_size
+    diffs = [p - s for p, s in zip(plan.padded_size, plan.image_size)]
+    if any(diffs):
+        pad = []
+        for d in reversed(diffs):
+            pad.extend([d // 2, d - d // 2])
+        image = F.pad(image[None], pad=pad, mode=padding_mode, value=cval)[0] if padding_mode == "constant" else (
+            F.pad(image[None], pad=pad, mode=padding_mode)[0]
+        )
+    image = image.float() if image.dtype != torch.float32 else image
+    weight = importance_map(roi, mode, sigma_scale, device=device)
+    weight_cpu = weight.cpu()
+    windows = plan.windows
+    total = len(windows)
+    depth, height, width = plan.padded_size
+    z_crop0 = plan.pad_before[0]
+    z_crop1 = z_crop0 + plan.image_size[0]
+    h_sl = slice(plan.pad_before[1], plan.pad_before[1] + plan.image_size[1])
+    w_sl = slice(plan.pad_before[2], plan.pad_before[2] + plan.image_size[2])
+    if amp and amp_dtype is None:
+        amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+
+    acc: Optional[Any] = None  # [K, buf_len, H, W] weighted sum, rows buf_z0 .. buf_z0 + buf_len
+    count: Optional[Any] = None  # [buf_len, H, W] summed weights
+    buf_z0 = 0
+    emitted = 0  # padded z below which output was yielded
+    batch = max(1, int(sw_batch_size))
+    started = time.perf_counter()
+    index = 0
+
+    def ensure_rows(z_end: int, channels: int) -> None:
+        nonlocal acc, count
+        have = 0 if acc is None else acc.shape[1]
+        need = z_end - buf_z0
+        if need <= have:
+            return
+        extra = need - have
+        new_acc = torch.zeros((channels, extra, height, width), dtype=torch.float32)
+        new_count = torch.zeros((extra, height, width), dtype=torch.float32)
+        acc = new_acc if acc is None else torch.cat([acc, new_acc], dim=1)
+        count = new_count if count is None else torch.cat([count, new_count], dim=0)
+
+    def flush(z_final: int) -> Iterator[Tuple[int, int, Any]]:
+        """Yield padded rows [emitted, z_final) (cropped to the image) and drop them from the buffer."""
+        nonlocal acc, count, buf_z0, emitted
+        if acc is None or z_final <= emitted:
+            return
+        rows = z_final - buf_z0
+        averaged = acc[:, :rows] / count[None, :rows]
+        lo, hi = max(emitted, z_crop0), min(z_final, z_crop1)
+        if hi > lo:
+            out = averaged[:, lo - buf_z0 : hi - buf_z0, h_sl, w_sl]
+            yield lo - z_crop0, hi - z_crop0, out
+        acc = acc[:, rows:].clone() if rows < acc.shape[1] else None
+        count = count[rows:].clone() if rows < count.shape[0] else None
+        buf_z0 = z_final
+        emitted = z_final
+
+    while index < total:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        chunk = windows[index : index + batch]
+        data = torch.stack([image[:, z : z + roi[0], y : y + roi[1], x : x + roi[2]] for z, y, x in chunk]).to(device)
+        try:
+            with torch.inference_mode():
+                if amp:
+                    with torch.autocast(device_type=device.type, dtype=amp_dtype):
+                        out = predictor(data)
+                else:
+                    out = predictor(data)
+                out = (out.float() * weight[None, None]).cpu()
+        except Exception as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if not _is_out_of_memory(error):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch == 1:
+                raise DeviceOutOfMemory(
+                    f"{device} ran out of memory with one {'x'.join(map(str, roi))} window; "
+                    "run on the CPU (--device cpu) or use a model with a smaller patch size"
+                ) from None
+            batch = max(1, batch // 2)
+            continue
+        channels = out.shape[1]
+        ensure_rows(max(z for z, _, _ in chunk) + roi[0], channels)
+        for window_out, (z, y, x) in zip(out, chunk):
+            zs = slice(z - buf_z0, z - buf_z0 + roi[0])
+            acc[:, zs, y : y + roi[1], x : x + roi[2]] += window_out
+            count[zs, y : y + roi[1], x : x + roi[2]] += weight_cpu
+        index += len(chunk)
+        # Everything below the next window's z start is final.
+        next_z = windows[index][0] if index < total else depth
+        yield from flush(next_z)
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / index * (total - index)
+            progress(index / total, f"window {index}/{total}, ETA {_format_eta(eta)}")
+
+
+def sliding_window_predict(image: Any, predictor: Callable[[Any], Any], roi_size: Sequence[int], **kwargs: Any) -> Any:
+    """Whole stitched prediction ``[K, D, H, W]`` (for tests and small images: holds all classes)."""
+    import torch
+
+    slabs = [slab for _, _, slab in iter_sliding_window_slabs(image, predictor, roi_size, **kwargs)]
+    return torch.cat(slabs, dim=1)

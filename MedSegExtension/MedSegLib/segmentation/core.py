@@ -1,0 +1,162 @@
+"""What every method receives (:class:`SegmentationContext`) and returns (:class:`SegmentMask`).
+
+Methods work on the volume's own voxel grid: a numpy view ``array[k, j, i]`` and, when an ITK filter
+needs it, a SimpleITK image built lazily (once) with the node's exact LPS geometry. Seeds arrive as RAS
+millimetres and are converted to voxel indices here, once, with the checks users need (outside the
+volume -> a clear error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.progress import CancelToken, ProgressCallback, report
+
+
+@dataclass
+class SeedPoint:
+    """A seed in RAS millimetres; ``group`` names the segment it belongs to (grow-from-seeds, watershed)."""
+
+    ras: Tuple[float, float, float]
+    group: str = ""
+
+
+@dataclass
+class SegmentMask:
+    """One output segment: a boolean/uint8 mask on the source grid plus how to present it."""
+
+    name: str
+    mask: np.ndarray
+    terminology: Optional[str] = None  # 3dSlicerLabel in MedSeg's terminology (e.g. "liver", "right lung")
+    color: Optional[Tuple[float, float, float]] = None
+
+
+@dataclass
+class SegmentationContext:
+    """The source volume as methods need it: voxels, geometry, seeds, optional mask, progress/cancel."""
+
+    array: np.ndarray  # [k, j, i], a view of the volume node's voxels (never modify)
+    ijk_to_ras: np.ndarray
+    seeds: List[SeedPoint] = field(default_factory=list)
+    mask: Optional[np.ndarray] = None  # restrict results to this region (bool, same shape)
+    progress: Optional[ProgressCallback] = None
+    cancel: Optional[CancelToken] = None
+    method_name: str = ""
+    _image: Any = None
+    _float_image: Any = None
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_ijk(self) -> np.ndarray:
+        """Voxel size along i, j, k in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def spacing_kji(self) -> np.ndarray:
+        return self.spacing_ijk[::-1].copy()
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3])))
+
+    @property
+    def image(self) -> Any:
+        """SimpleITK image of the voxels (LPS geometry), built on first use."""
+        if self._image is None:
+            self._image = image_from_array(self.array, self.ijk_to_ras)
+        return self._image
+
+    @property
+    def float_image(self) -> Any:
+        """The image as float32 (what gradient / level-set filters want)."""
+        if self._float_image is None:
+            import SimpleITK as sitk
+
+            self._float_image = sitk.Cast(self.image, sitk.sitkFloat32)
+        return self._float_image
+
+    def like(self, array: np.ndarray) -> Any:
+        """A SimpleITK image of ``array`` with the source geometry (for masks, label maps)."""
+        return image_from_array(array, self.ijk_to_ras)
+
+    def seed_indices(self, seeds: Optional[Sequence[SeedPoint]] = None) -> np.ndarray:
+        """Seed positions as voxel indices (i, j, k) rows; a seed outside the volume is a user error."""
+        seeds = self.seeds if seeds is None else list(seeds)
+        if not seeds:
+            return np.zeros((0, 3), dtype=np.int64)
+        ras = np.array([seed.ras for seed in seeds], dtype=np.float64)
+        ijk = ras_to_ijk(self.ijk_to_ras, ras)
+        rounded = np.rint(ijk).astype(np.int64)
+        size = np.array(self.shape[::-1])
+        outside = np.any((rounded < 0) | (rounded >= size), axis=1)
+        if np.any(outside):
+            first = int(np.argmax(outside))
+            r, a, s = ras[first]
+            raise UserInputError(
+                f"{self.method_name or 'segment'}: seed at R,A,S = {r:g},{a:g},{s:g} mm is outside the volume "
+                f"(voxel {tuple(int(v) for v in rounded[first])}, volume size {tuple(int(v) for v in size)})"
+            )
+        return rounded
+
+    def seed_groups(self) -> Dict[str, np.ndarray]:
+        """Seed indices per group name, in first-seen order ("" groups become "Segment_1")."""
+        indices = self.seed_indices()
+        groups: Dict[str, List[np.ndarray]] = {}
+        for seed, index in zip(self.seeds, indices):
+            groups.setdefault(seed.group or "Segment_1", []).append(index)
+        return {name: np.array(rows) for name, rows in groups.items()}
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """Progress + cancellation point between the steps of a method."""
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+        report(self.progress, fraction, message)
+
+    def finish(self, mask: np.ndarray) -> np.ndarray:
+        """Apply the optional restriction mask and return a boolean array."""
+        mask = np.asarray(mask, dtype=bool)
+        if self.mask is not None:
+            mask &= self.mask
+        return mask
+
+
+def ras_to_ijk(ijk_to_ras: np.ndarray, ras: np.ndarray) -> np.ndarray:
+    """Continuous voxel coordinates (i, j, k) of RAS points given as rows."""
+    ras = np.atleast_2d(np.asarray(ras, dtype=np.float64))
+    ras_to_ijk_matrix = np.linalg.inv(ijk_to_ras)
+    return ras @ ras_to_ijk_matrix[:3, :3].T + ras_to_ijk_matrix[:3, 3]
+
+
+def image_from_array(array: np.ndarray, ijk_to_ras: np.ndarray) -> Any:
+    """SimpleITK image (copy of ``array``) placed with the LPS geometry of ``ijk_to_ras``."""
+    import SimpleITK as sitk
+
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, split_ijk_to_ras
+
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    image = sitk.GetImageFromArray(array)
+    spacing, direction, origin = split_ijk_to_ras(RAS_FROM_LPS @ ijk_to_ras)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    image.SetOrigin(tuple(float(v) for v in origin))
+    return image
+
+
+def radius_in_voxels(radius_mm: float, spacing_ijk: Sequence[float], minimum: int = 0) -> List[int]:
+    """Per-axis (i, j, k) kernel radius in voxels for a physical radius (anisotropic voxels)."""
+    return [max(minimum, int(round(radius_mm / float(s)))) for s in spacing_ijk]
+
+
+def require_nonempty(mask: np.ndarray, method: str, hint: str = "") -> np.ndarray:
+    """An empty result is almost always wrong parameters; say so instead of writing an empty segment."""
+    if not np.any(mask):
+        raise UserInputError(f"{method}: the result is empty{(' - ' + hint) if hint else ''}")
+    return mask

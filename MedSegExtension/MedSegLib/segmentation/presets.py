@@ -1,0 +1,332 @@
+"""CT presets without a model: body, lungs (split left/right), airway, bone, fat, muscle.
+
+Each preset is a short pipeline of the generic steps (threshold, islands, morphology, fill holes) on
+Hounsfield units, with thresholds taken from the radiology literature rather than fitted to a scan:
+
+- body: tissue > -500 HU (halfway between air and fat), the patient table removed by an in-plane
+  opening (the table is a thin shell) followed by reconstruction inside the original region, islands
+  smaller than ``min_island_ml`` dropped (arms are kept), cavities filled slice by slice.
+- lungs: air < -400 HU inside the body, components whose median is lung parenchyma (-950..-600 HU;
+  bowel gas is almost pure air, ~ -1000 HU) and larger than ``min_lung_ml``; trachea/main bronchi
+  (< -950 HU tubes) removed; components assigned to left/right by their side of the body midline.
+- airway: trachea and bronchi grown from the most cranial air tube inside the body, < -950 HU,
+  with the threshold lowered when the growth explodes into the lungs (the classic leak check).
+- bone: hysteresis threshold - cortical bone (>= ``strong`` HU) seeds components of >= ``lower`` HU
+  (trabecular bone; contrast-filled vessels do not reach cortical values), marrow filled slice by slice.
+- fat: -190..-30 HU and muscle: -29..150 HU inside the body (the usual body-composition ranges).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.segmentation import postprocess
+from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, require_nonempty
+from MedSegLib.segmentation.params import SEEDS_NONE, SEEDS_OPTIONAL, Method, Param, check_range
+
+AIR_TISSUE_HU = -500.0
+
+
+def _ml_to_voxels(ctx: SegmentationContext, ml: float) -> int:
+    return max(1, int(round(ml * 1000.0 / ctx.voxel_volume_mm3)))
+
+
+def body_mask(ctx: SegmentationContext, threshold: float = AIR_TISSUE_HU, table_mm: float = 4.0,
+              min_island_ml: float = 20.0) -> np.ndarray:
+    """The patient: tissue above ``threshold`` without the table, cavities filled (see module doc)."""
+    candidate = ctx.array > threshold
+    if not np.any(candidate):
+        raise UserInputError(f"{ctx.method_name}: no voxel above {threshold:g} HU - is this a CT in HU?")
+    spacing = ctx.spacing_ijk
+    if table_mm > 0:
+        in_plane = np.array([spacing[0], spacing[1], np.inf])  # no opening across slices
+        opened = postprocess.smooth(candidate, "opening", table_mm, in_plane)
+        opened = postprocess.remove_small_islands(opened, _ml_to_voxels(ctx, min_island_ml))
+        opened = _drop_flat_plates(ctx, opened)
+        body = postprocess.margin(opened, table_mm / 2.0 + max(spacing[:2]), spacing) & candidate
+    else:
+        body = candidate
+    body = postprocess.remove_small_islands(body, _ml_to_voxels(ctx, min_island_ml))
+    return postprocess.fill_holes(body, per_slice=True)
+
+
+def _drop_flat_plates(ctx: SegmentationContext, mask: np.ndarray, ratio: float = 3.0) -> np.ndarray:
+    """Remove components (other than the largest) that are flat plates under/over the patient: the
+    table. A plate is ``ratio`` times wider (patient left-right) than thick (anterior-posterior); arms
+    and legs are roughly round in cross-section, so they stay."""
+    labels = postprocess.label_islands(mask)
+    count = int(labels.max())
+    if count <= 1:
+        return mask
+    from scipy import ndimage
+
+    # Index axes (i, j) closest to RAS x (left-right) and y (anterior-posterior).
+    directions = np.abs(ctx.ijk_to_ras[:3, :2] / np.linalg.norm(ctx.ijk_to_ras[:3, :2], axis=0))
+    lr_axis = int(np.argmax(directions[0]))  # 0 -> i, 1 -> j
+    spacing = ctx.spacing_ijk
+    keep = mask.copy()
+    for value, box in enumerate(ndimage.find_objects(labels), start=1):
+        if value == 1 or box is None:
+            continue
+        extent_j = (box[1].stop - box[1].start) * spacing[1]
+        extent_i = (box[2].stop - box[2].start) * spacing[0]
+        lr, ap = (extent_i, extent_j) if lr_axis == 0 else (extent_j, extent_i)
+        if lr >= ratio * ap:
+            keep[labels == value] = False
+    return keep
+
+
+def run_body(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    mask = ctx.finish(body_mask(ctx, p["threshold"], p["table_mm"], p["min_island_ml"]))
+    require_nonempty(mask, ctx.method_name)
+    return [SegmentMask("Body", mask, "body")]
+
+
+def _ras_x_of_voxels(ctx: SegmentationContext, mask: np.ndarray) -> float:
+    """Mean RAS x (patient right is +) of a mask's voxels."""
+    k, j, i = np.nonzero(mask)
+    ijk = np.stack([i.mean(), j.mean(), k.mean()])
+    return float(ctx.ijk_to_ras[0, :3] @ ijk + ctx.ijk_to_ras[0, 3])
+
+
+def _ras_x_per_i_column(ctx: SegmentationContext) -> np.ndarray:
+    """RAS x of each voxel (via broadcasting), used to split lungs at the midline."""
+    m = ctx.ijk_to_ras
+    k, j, i = np.ogrid[: ctx.shape[0], : ctx.shape[1], : ctx.shape[2]]
+    return m[0, 0] * i + m[0, 1] * j + m[0, 2] * k + m[0, 3]
+
+
+def lung_components(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarray) -> np.ndarray:
+    """Air components inside the body whose intensity distribution is lung parenchyma."""
+    air = (ctx.array < p["air_threshold"]) & body
+    labels = postprocess.label_islands(air)
+    counts = np.bincount(labels.ravel())
+    min_voxels = _ml_to_voxels(ctx, p["min_lung_ml"])
+    lungs = np.zeros(ctx.shape, dtype=bool)
+    flat_labels = labels.ravel()
+    order = np.argsort(flat_labels, kind="stable")
+    boundaries = np.cumsum(counts)
+    values = ctx.array.ravel()
+    for value in range(1, len(counts)):
+        if counts[value] < min_voxels:
+            break  # relabelled by size: the rest are smaller
+        members = order[boundaries[value - 1] : boundaries[value]]
+        median = float(np.median(values[members]))
+        if p["parenchyma_min"] <= median <= p["parenchyma_max"]:
+            lungs.ravel()[members] = True
+    return lungs
+
+
+def trachea_seed(ctx: SegmentationContext, body: np.ndarray, threshold: float) -> np.ndarray:
+    """Voxel (i, j, k) of the trachea: in the most cranial slices, the air blob enclosed by the body
+    (not touching outside air) with the cross-section of a trachea (50-800 mm2), nearest the midline."""
+    pixel_area = float(ctx.spacing_ijk[0] * ctx.spacing_ijk[1])
+    # Which end is cranial: larger RAS S.
+    s_first = ctx.ijk_to_ras[2, 3]
+    s_last = ctx.ijk_to_ras[2, :3] @ np.array([0, 0, ctx.shape[0] - 1]) + ctx.ijk_to_ras[2, 3]
+    slices = range(ctx.shape[0] - 1, -1, -1) if s_last > s_first else range(ctx.shape[0])
+    from scipy import ndimage
+
+    checked = 0
+    for k in slices:
+        checked += 1
+        if checked > max(3, ctx.shape[0] // 5):
+            break
+        air = (ctx.array[k] < threshold) & body[k]
+        labels, count = ndimage.label(air)
+        if count == 0:
+            continue
+        areas = np.bincount(labels.ravel())[1:] * pixel_area
+        centres = ndimage.center_of_mass(air, labels, range(1, count + 1))
+        body_centre = np.array(ndimage.center_of_mass(body[k]))
+        best, best_distance = None, np.inf
+        for index, (area, centre) in enumerate(zip(areas, centres), start=1):
+            if not 50.0 <= area <= 800.0:
+                continue
+            distance = abs(centre[1] - body_centre[1]) * ctx.spacing_ijk[0]
+            if distance < best_distance:
+                best, best_distance = index, distance
+        if best is not None:
+            j, i = np.argwhere(labels == best)[0]
+            return np.array([[i, j, k]])
+    raise UserInputError(
+        f"{ctx.method_name}: no trachea found in the cranial slices - give a seed in the trachea with --seeds"
+    )
+
+
+def airway_mask(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarray) -> np.ndarray:
+    """Trachea/bronchi: connected threshold from the trachea, raising the upper threshold in 25 HU steps
+    (from ``airway_threshold`` up to ``airway_max_threshold``) until the volume explodes (a leak into
+    the lung parenchyma: > 1.5x growth in one step, or above ``max_airway_ml``); the last good one wins."""
+    import SimpleITK as sitk
+
+    seeds = ctx.seed_indices() if ctx.seeds else trachea_seed(ctx, body, p["airway_threshold"])
+    seed_list = [tuple(int(v) for v in row) for row in seeds]
+    max_voxels = _ml_to_voxels(ctx, p["max_airway_ml"])
+    best: Optional[np.ndarray] = None
+    best_count = 0
+    threshold = float(p["airway_threshold"])
+    while threshold <= p["airway_max_threshold"] + 1e-6:
+        grown = sitk.ConnectedThreshold(ctx.image, seedList=seed_list, lower=-3000.0, upper=threshold)
+        mask = sitk.GetArrayViewFromImage(grown).astype(bool)
+        count = int(mask.sum())
+        if count > max_voxels or (best is not None and count > 1.5 * best_count):
+            break
+        best, best_count = mask, count
+        threshold += 25.0
+    if best is None or best_count == 0:
+        raise UserInputError(f"{ctx.method_name}: airway growth leaks into the lungs already at {p['airway_threshold']:g} HU")
+    return best
+
+
+def run_lungs(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    check_range(p["parenchyma_min"], p["parenchyma_max"], ctx.method_name, "parenchyma median")
+    body = body_mask(ctx)
+    ctx.report(0.3, "air components")
+    lungs = lung_components(ctx, p, body)
+    if not np.any(lungs):
+        raise UserInputError(f"{ctx.method_name}: no lung found (no air region with lung parenchyma intensities)")
+    try:
+        airway = airway_mask(ctx, p, body)
+        lungs &= ~postprocess.margin(airway, float(max(ctx.spacing_ijk)), ctx.spacing_ijk)
+    except UserInputError:
+        pass  # no trachea in the field of view (e.g. abdomen scans): nothing to remove
+    lungs = postprocess.fill_holes(lungs, per_slice=True)  # vessels inside the lungs belong to them
+    lungs = postprocess.smooth(lungs, "closing", 2.0 * float(max(ctx.spacing_ijk[:2])), ctx.spacing_ijk) | lungs
+    lungs = ctx.finish(lungs)
+    if not p["split"]:
+        return [SegmentMask("Lungs", lungs, "lung")]
+    # Left/right by side of the body midline, per connected component (a component crossing the midline,
+    # e.g. joined at the anterior junction, is cut at the midline).
+    x = _ras_x_per_i_column(ctx)
+    midline = _ras_x_of_voxels(ctx, body)
+    right = lungs & (x > midline)
+    left = lungs & (x <= midline)
+    segments = []
+    if np.any(right):
+        segments.append(SegmentMask("Right lung", right, "right lung"))
+    if np.any(left):
+        segments.append(SegmentMask("Left lung", left, "left lung"))
+    return segments
+
+
+def run_airway(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    body = body_mask(ctx)
+    mask = ctx.finish(airway_mask(ctx, p, body))
+    require_nonempty(mask, ctx.method_name)
+    return [SegmentMask("Airway", mask, "airway")]
+
+
+def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    check_range(p["lower"], p["strong"], ctx.method_name, "bone threshold")
+    body = body_mask(ctx)
+    ctx.report(0.4, "hysteresis")
+    weak = (ctx.array >= p["lower"]) & body
+    bone = postprocess.hysteresis(weak, ctx.array >= p["strong"])
+    if p["fill_marrow"]:
+        in_plane = np.array([ctx.spacing_ijk[0], ctx.spacing_ijk[1], np.inf])
+        closed = postprocess.smooth(bone, "closing", p["closing_mm"], in_plane) | bone
+        bone = postprocess.fill_holes(closed, per_slice=True)
+    bone = postprocess.remove_small_islands(bone, _ml_to_voxels(ctx, p["min_island_ml"]))
+    bone = ctx.finish(bone)
+    require_nonempty(bone, ctx.method_name, f"no voxel >= {p['strong']:g} HU inside the body")
+    return [SegmentMask("Bone", bone, "bone")]
+
+
+def _tissue_range(name: str, terminology: str):
+    def run(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+        check_range(p["lower"], p["upper"], ctx.method_name)
+        body = body_mask(ctx)
+        mask = (ctx.array >= p["lower"]) & (ctx.array <= p["upper"]) & body
+        mask = postprocess.remove_small_islands(mask, _ml_to_voxels(ctx, p["min_island_ml"]))
+        mask = ctx.finish(mask)
+        require_nonempty(mask, ctx.method_name)
+        return [SegmentMask(name, mask, terminology)]
+
+    return run
+
+
+MIN_ISLAND = Param("min_island_ml", float, 0.5, "drop islands smaller than this", "mL", 0.0)
+
+METHODS = [
+    Method(
+        "body",
+        "CT body",
+        "patient outline: > -500 HU, table removed, cavities filled",
+        run_body,
+        (
+            Param("threshold", float, AIR_TISSUE_HU, "air/tissue boundary", "HU"),
+            Param("table_mm", float, 4.0, "structures thinner than this are removed (table)", "mm", 0.0),
+            Param("min_island_ml", float, 20.0, "drop islands smaller than this", "mL", 0.0),
+        ),
+        SEEDS_NONE,
+        "preset",
+    ),
+    Method(
+        "lungs",
+        "CT lungs (left/right)",
+        "air inside the body with lung parenchyma intensities, trachea removed, split left/right",
+        run_lungs,
+        (
+            Param("air_threshold", float, -400.0, "air (incl. lung parenchyma) is below", "HU"),
+            Param("parenchyma_min", float, -950.0, "lowest median HU of a lung component", "HU"),
+            Param("parenchyma_max", float, -600.0, "highest median HU of a lung component", "HU"),
+            Param("min_lung_ml", float, 10.0, "smallest lung component", "mL", 0.0),
+            Param("airway_threshold", float, -950.0, "trachea/bronchi lumen is below", "HU"),
+            Param("airway_max_threshold", float, -800.0, "highest lumen threshold tried before a leak", "HU"),
+            Param("max_airway_ml", float, 300.0, "airway volume above which growth is a leak", "mL", 0.0),
+            Param("split", bool, True, "output right and left lung as two segments"),
+        ),
+        SEEDS_OPTIONAL,
+        "preset",
+    ),
+    Method(
+        "airway",
+        "CT airway",
+        "trachea and main bronchi from an automatic (or given) trachea seed",
+        run_airway,
+        (
+            Param("airway_threshold", float, -950.0, "lumen is below (first try)", "HU"),
+            Param("airway_max_threshold", float, -800.0, "highest lumen threshold tried before a leak", "HU"),
+            Param("max_airway_ml", float, 300.0, "volume above which growth is a leak", "mL", 0.0),
+        ),
+        SEEDS_OPTIONAL,
+        "preset",
+    ),
+    Method(
+        "bone",
+        "CT bone",
+        "hysteresis threshold seeded by cortical bone, marrow filled",
+        run_bone,
+        (
+            Param("lower", float, 150.0, "trabecular bone is above", "HU"),
+            Param("strong", float, 400.0, "cortical bone (seeds) is above", "HU"),
+            Param("fill_marrow", bool, True, "close and fill bone cross-sections slice by slice"),
+            Param("closing_mm", float, 6.0, "in-plane closing diameter before filling", "mm", 0.0),
+            MIN_ISLAND,
+        ),
+        SEEDS_NONE,
+        "preset",
+    ),
+    Method(
+        "fat",
+        "CT fat",
+        "adipose tissue -190..-30 HU inside the body",
+        _tissue_range("Fat", "fat"),
+        (Param("lower", float, -190.0, "lowest HU", "HU"), Param("upper", float, -30.0, "highest HU", "HU"), MIN_ISLAND),
+        SEEDS_NONE,
+        "preset",
+    ),
+    Method(
+        "muscle",
+        "CT muscle",
+        "skeletal muscle -29..150 HU inside the body",
+        _tissue_range("Muscle", "muscle"),
+        (Param("lower", float, -29.0, "lowest HU", "HU"), Param("upper", float, 150.0, "highest HU", "HU"), MIN_ISLAND),
+        SEEDS_NONE,
+        "preset",
+    ),
+]

@@ -1,0 +1,380 @@
+"""Seeded methods: connected threshold, confidence connected, level set, fast marching, watershed.
+
+Each seeded method grows from voxels given as RAS seeds. Where ITK needs an intensity range and the user
+gave none, it is taken from the seed neighbourhood (mean +/- k SD, the first step of confidence
+connected) so one click is enough. ``leak_radius_mm`` cuts bridges thinner than that radius between the
+grown region and neighbours of similar intensity (erode, keep the seeded part, dilate back inside the
+original region) - the classic fix for region growing leaking into adjacent organs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.segmentation import postprocess
+from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, radius_in_voxels, require_nonempty
+from MedSegLib.segmentation.params import (
+    SEEDS_OPTIONAL,
+    SEEDS_REQUIRED,
+    Method,
+    Param,
+    check_range,
+)
+from MedSegLib.segmentation.threshold import SEGMENT_NAME, TERMINOLOGY
+
+
+def _seed_list(ctx: SegmentationContext) -> List[Tuple[int, int, int]]:
+    indices = ctx.seed_indices()
+    if len(indices) == 0:
+        raise UserInputError(f"{ctx.method_name}: needs at least one seed point (--seeds R,A,S)")
+    return [tuple(int(v) for v in row) for row in indices]
+
+
+def seed_neighbourhood_values(ctx: SegmentationContext, radius_mm: float) -> np.ndarray:
+    """Intensities of all voxels within ``radius_mm`` of any seed (a ball in mm, anisotropy aware)."""
+    spacing = ctx.spacing_ijk
+    radius = radius_in_voxels(radius_mm, spacing)
+    values = []
+    for i, j, k in ctx.seed_indices():
+        k0, k1 = max(0, k - radius[2]), min(ctx.shape[0], k + radius[2] + 1)
+        j0, j1 = max(0, j - radius[1]), min(ctx.shape[1], j + radius[1] + 1)
+        i0, i1 = max(0, i - radius[0]), min(ctx.shape[2], i + radius[0] + 1)
+        kk, jj, ii = np.meshgrid(
+            (np.arange(k0, k1) - k) * spacing[2],
+            (np.arange(j0, j1) - j) * spacing[1],
+            (np.arange(i0, i1) - i) * spacing[0],
+            indexing="ij",
+        )
+        ball = kk**2 + jj**2 + ii**2 <= radius_mm**2 + 1e-9
+        values.append(ctx.array[k0:k1, j0:j1, i0:i1][ball])
+    return np.concatenate(values).astype(np.float64)
+
+
+def seed_range(ctx: SegmentationContext, p: Dict[str, Any]) -> Tuple[float, float]:
+    """The user's --lower/--upper, or seed neighbourhood mean +/- multiplier x SD for missing ones."""
+    lower, upper = p.get("lower"), p.get("upper")
+    check_range(lower, upper, ctx.method_name)
+    if lower is None or upper is None:
+        values = seed_neighbourhood_values(ctx, p["neighborhood_mm"])
+        mean, sd = float(values.mean()), float(values.std())
+        half_width = p["multiplier"] * max(sd, 1e-6)
+        lower = mean - half_width if lower is None else lower
+        upper = mean + half_width if upper is None else upper
+        check_range(lower, upper, ctx.method_name)
+    return float(lower), float(upper)
+
+
+def cut_leaks(mask: np.ndarray, ctx: SegmentationContext, radius_mm: float) -> np.ndarray:
+    """Remove parts joined to the seeded region only through necks thinner than ``radius_mm``."""
+    if radius_mm <= 0 or not np.any(mask):
+        return mask
+    spacing = ctx.spacing_ijk
+    core = postprocess.margin(mask, -radius_mm, spacing)
+    seeded_core = postprocess.islands_containing(core, ctx.seed_indices())
+    if not np.any(seeded_core):
+        # Seeds sit in a part thinner than the radius: fall back to the nearest-by-label component.
+        return mask
+    return postprocess.margin(seeded_core, radius_mm, spacing) & mask
+
+
+def run_region_growing(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    import SimpleITK as sitk
+
+    seeds = _seed_list(ctx)
+    lower, upper = seed_range(ctx, p)
+    ctx.report(0.2, f"growing in [{lower:.0f}, {upper:.0f}]")
+    grown = sitk.ConnectedThreshold(ctx.image, seedList=seeds, lower=lower, upper=upper, replaceValue=1)
+    mask = sitk.GetArrayViewFromImage(grown).astype(bool)
+    mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
+    mask = ctx.finish(mask)
+    require_nonempty(mask, ctx.method_name, f"seed intensities outside [{lower:g}, {upper:g}]")
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def run_confidence_connected(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    import SimpleITK as sitk
+
+    seeds = _seed_list(ctx)
+    radius = max(1, int(round(p["neighborhood_mm"] / float(min(ctx.spacing_ijk)))))
+    grown = sitk.ConfidenceConnected(
+        ctx.image,
+        seedList=seeds,
+        numberOfIterations=int(p["iterations"]),
+        multiplier=float(p["multiplier"]),
+        initialNeighborhoodRadius=radius,
+        replaceValue=1,
+    )
+    mask = sitk.GetArrayViewFromImage(grown).astype(bool)
+    mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
+    mask = ctx.finish(mask)
+    require_nonempty(mask, ctx.method_name, "try a larger --multiplier")
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def _seed_balls(ctx: SegmentationContext, radius_mm: float, seeds: Optional[np.ndarray] = None) -> np.ndarray:
+    """Boolean mask of balls of ``radius_mm`` around seed voxels."""
+    mask = np.zeros(ctx.shape, dtype=bool)
+    indices = ctx.seed_indices() if seeds is None else seeds
+    mask[indices[:, 2], indices[:, 1], indices[:, 0]] = True
+    if radius_mm <= 0:
+        return mask
+    return postprocess.margin(mask, radius_mm, ctx.spacing_ijk)
+
+
+def _roi(ctx: SegmentationContext, roi_mm: float) -> Tuple[slice, slice, slice]:
+    """Bounding box (k, j, i slices) of all seeds padded by ``roi_mm`` (0 = whole volume)."""
+    if roi_mm <= 0:
+        return (slice(None), slice(None), slice(None))
+    indices = ctx.seed_indices()
+    pad = radius_in_voxels(roi_mm, ctx.spacing_ijk)
+    low = np.maximum(indices.min(axis=0) - pad, 0)
+    high = np.minimum(indices.max(axis=0) + pad + 1, np.array(ctx.shape[::-1]))
+    return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
+
+
+def edge_speed(image: Any, sigma_mm: float, inside_values: np.ndarray, alpha: Optional[float] = None) -> Any:
+    """Speed image in [0, 1]: ~1 in homogeneous regions like the seed's, ~0 on strong edges
+    (sigmoid of the gradient magnitude, with the edge strength scaled from the seed neighbourhood)."""
+    import SimpleITK as sitk
+
+    gradient = sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm))
+    g = sitk.GetArrayViewFromImage(gradient)
+    k1 = float(np.percentile(inside_values, 50)) if inside_values.size else float(np.percentile(g, 50))
+    k2 = float(np.percentile(g, 95))
+    if k2 <= k1:
+        k2 = k1 + 1.0
+    alpha = -(k2 - k1) / 6.0 if alpha is None else alpha
+    beta = (k1 + k2) / 2.0
+    return sitk.Sigmoid(gradient, alpha=alpha, beta=beta, outputMaximum=1.0, outputMinimum=0.0), gradient
+
+
+def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    """Level set from balls around the seeds: intensity-driven (threshold level set, ITK-SNAP's
+    "thresholding" mode) or edge-driven (geodesic active contour on a sigmoid edge map)."""
+    import SimpleITK as sitk
+
+    _seed_list(ctx)
+    roi = _roi(ctx, p["roi_mm"])
+    offset = np.array([roi[2].start or 0, roi[1].start or 0, roi[0].start or 0])
+    sub = ctx.array[roi]
+    sub_ctx = SegmentationContext(np.ascontiguousarray(sub), ctx.ijk_to_ras.copy(), method_name=ctx.method_name)
+    sub_ctx.ijk_to_ras[:3, 3] = ctx.ijk_to_ras[:3, :3] @ offset + ctx.ijk_to_ras[:3, 3]
+    seeds = ctx.seed_indices() - offset
+    initial = _seed_balls(sub_ctx, p["seed_radius_mm"], seeds)
+    spacing = ctx.spacing_ijk
+    distance = sitk.SignedMaurerDistanceMap(
+        postprocess._image(initial, spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
+    image = sitk.Cast(sub_ctx.image, sitk.sitkFloat32)
+    distance.CopyInformation(image)
+    iterations = int(p["iterations"])
+    ctx.report(0.1, "level set")
+    if p["feature"] == "intensity":
+        sub_ctx.seeds = []
+        lower, upper = p.get("lower"), p.get("upper")
+        check_range(lower, upper, ctx.method_name)
+        if lower is None or upper is None:
+            values = sub[initial] if np.any(initial) else sub.ravel()
+            mean, sd = float(values.mean()), float(values.std())
+            lower = mean - p["multiplier"] * sd if lower is None else lower
+            upper = mean + p["multiplier"] * sd if upper is None else upper
+        level_set = sitk.ThresholdSegmentationLevelSetImageFilter()
+        level_set.SetLowerThreshold(float(lower))
+        level_set.SetUpperThreshold(float(upper))
+        level_set.SetMaximumRMSError(0.002)
+        level_set.SetNumberOfIterations(iterations)
+        level_set.SetCurvatureScaling(float(p["curvature"]))
+        level_set.SetPropagationScaling(1.0)
+        level_set.ReverseExpansionDirectionOn()
+        result = level_set.Execute(distance, image)
+    else:
+        inside = sub[initial].astype(np.float64)
+        speed, _ = edge_speed(image, p["sigma_mm"], _gradient_inside(image, p["sigma_mm"], initial))
+        del inside
+        level_set = sitk.GeodesicActiveContourLevelSetImageFilter()
+        level_set.SetPropagationScaling(float(p["propagation"]))
+        level_set.SetCurvatureScaling(float(p["curvature"]))
+        level_set.SetAdvectionScaling(1.0)
+        level_set.SetMaximumRMSError(0.002)
+        level_set.SetNumberOfIterations(iterations)
+        result = level_set.Execute(distance, sitk.Cast(speed, sitk.sitkFloat32))
+    sub_mask = sitk.GetArrayViewFromImage(result) < 0
+    sub_mask = postprocess.islands_containing(sub_mask, seeds)
+    mask = np.zeros(ctx.shape, dtype=bool)
+    mask[roi] = sub_mask
+    mask = ctx.finish(mask)
+    require_nonempty(mask, ctx.method_name, "the contour collapsed; try a larger --seed-radius-mm")
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def _gradient_inside(image: Any, sigma_mm: float, inside: np.ndarray) -> np.ndarray:
+    import SimpleITK as sitk
+
+    gradient = sitk.GetArrayViewFromImage(sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm)))
+    return gradient[inside] if np.any(inside) else gradient.ravel()
+
+
+def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    """Front propagation from the seeds at a speed that drops on edges; the segment is every voxel the
+    front reaches before ``stopping_time`` (about mm travelled inside a homogeneous region)."""
+    import SimpleITK as sitk
+
+    seeds = _seed_list(ctx)
+    initial = _seed_balls(ctx, 0.0)
+    speed, _ = edge_speed(ctx.float_image, p["sigma_mm"], _gradient_inside(ctx.float_image, p["sigma_mm"], initial))
+    ctx.report(0.4, "fast marching")
+    marching = sitk.FastMarchingImageFilter()
+    for seed in seeds:
+        marching.AddTrialPoint((*seed, 0))
+    marching.SetStoppingValue(float(p["stopping_time"]) * 1.05)
+    arrival = marching.Execute(speed)
+    mask = sitk.GetArrayViewFromImage(arrival) <= float(p["stopping_time"])
+    mask = ctx.finish(mask)
+    require_nonempty(mask, ctx.method_name)
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    """Watershed of the gradient magnitude (scale ``object_scale_mm``, as Slicer's Watershed effect).
+
+    Marker-based when seeds are given: each seed group floods its basin; the volume border floods as
+    background when only one group is given. Without seeds, morphological watershed (flooding level
+    ``level`` of the gradient) and the ``max_segments`` largest basins are returned.
+    """
+    import SimpleITK as sitk
+
+    gradient = sitk.GradientMagnitudeRecursiveGaussian(ctx.float_image, sigma=float(p["object_scale_mm"]))
+    ctx.report(0.3, "watershed")
+    groups = ctx.seed_groups() if ctx.seeds else {}
+    if groups:
+        markers = np.zeros(ctx.shape, dtype=np.uint16)
+        names = list(groups)
+        for value, name in enumerate(names, start=1):
+            seeds = groups[name]
+            balls = _seed_balls(ctx, p["seed_radius_mm"], seeds)
+            markers[balls & (markers == 0)] = value
+        background = 0
+        if len(names) == 1:
+            background = len(names) + 1
+            border = np.zeros(ctx.shape, dtype=bool)
+            border[[0, -1], :, :] = True
+            border[:, [0, -1], :] = True
+            border[:, :, [0, -1]] = True
+            markers[border & (markers == 0)] = background
+        marker_image = sitk.GetImageFromArray(markers)
+        marker_image.CopyInformation(gradient)
+        labels = sitk.GetArrayViewFromImage(
+            sitk.MorphologicalWatershedFromMarkers(gradient, marker_image, markWatershedLine=False, fullyConnected=False)
+        )
+        segments = []
+        for value, name in enumerate(names, start=1):
+            mask = ctx.finish(labels == value)
+            if np.any(mask):
+                segments.append(SegmentMask(name if len(names) > 1 else p["segment_name"], mask))
+        if not segments:
+            raise UserInputError(f"{ctx.method_name}: every basin is empty")
+        return segments
+    labels = sitk.GetArrayViewFromImage(
+        sitk.MorphologicalWatershed(gradient, level=float(p["level"]), markWatershedLine=False, fullyConnected=False)
+    )
+    counts = np.bincount(labels.ravel().astype(np.int64))
+    counts[0] = 0
+    order = np.argsort(counts)[::-1][: int(p["max_segments"])]
+    segments = [
+        SegmentMask(f"{p['segment_name']}_{n}", ctx.finish(labels == value))
+        for n, value in enumerate(order, start=1)
+        if counts[value] > 0
+    ]
+    if not segments:
+        raise UserInputError(f"{ctx.method_name}: no basin found; lower --level")
+    return segments
+
+
+LOWER = Param("lower", float, None, "lowest intensity (default: from the seed neighbourhood)", "HU")
+UPPER = Param("upper", float, None, "highest intensity (default: from the seed neighbourhood)", "HU")
+MULTIPLIER = Param("multiplier", float, 2.5, "range = seed mean +/- multiplier x SD", minimum=0.0)
+NEIGHBORHOOD = Param("neighborhood_mm", float, 5.0, "seed neighbourhood radius for statistics", "mm", 0.0)
+LEAK = Param("leak_radius_mm", float, 0.0, "cut bridges thinner than this radius (0 = off)", "mm", 0.0)
+
+METHODS = [
+    Method(
+        "region-growing",
+        "Region growing (connected threshold)",
+        "voxels connected to the seeds within an intensity range",
+        run_region_growing,
+        (LOWER, UPPER, MULTIPLIER, NEIGHBORHOOD, LEAK, SEGMENT_NAME, TERMINOLOGY),
+        SEEDS_REQUIRED,
+        "region",
+    ),
+    Method(
+        "confidence-connected",
+        "Confidence connected",
+        "region growing whose range (mean +/- k SD) is re-estimated from the region each iteration",
+        run_confidence_connected,
+        (
+            MULTIPLIER,
+            Param("iterations", int, 4, "re-estimation rounds", minimum=0, maximum=100),
+            Param("neighborhood_mm", float, 3.0, "initial neighbourhood radius", "mm", 0.0),
+            LEAK,
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_REQUIRED,
+        "region",
+    ),
+    Method(
+        "level-set",
+        "Level set (ITK-SNAP snake)",
+        "contour evolving from balls around the seeds, by intensity range or edges (geodesic active contour)",
+        run_level_set,
+        (
+            Param("feature", str, "intensity", "what drives the contour", choices=("intensity", "edge")),
+            LOWER,
+            UPPER,
+            MULTIPLIER,
+            Param("seed_radius_mm", float, 5.0, "radius of the initial balls", "mm", 0.0),
+            Param("iterations", int, 300, "maximum iterations", minimum=1, maximum=100000),
+            Param("curvature", float, 1.0, "smoothness weight", minimum=0.0),
+            Param("propagation", float, 1.0, "balloon force (edge mode)"),
+            Param("sigma_mm", float, 1.5, "edge scale (edge mode)", "mm", 0.01),
+            Param("roi_mm", float, 0.0, "work only within this distance of the seeds (0 = whole volume)", "mm", 0.0),
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_REQUIRED,
+        "region",
+    ),
+    Method(
+        "fast-marching",
+        "Fast marching",
+        "front from the seeds slowed by edges; keeps voxels reached before --stopping-time",
+        run_fast_marching,
+        (
+            Param("stopping_time", float, 30.0, "arrival time limit (~mm travelled in a homogeneous region)",
+                  minimum=0.0),
+            Param("sigma_mm", float, 1.5, "edge scale", "mm", 0.01),
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_REQUIRED,
+        "region",
+    ),
+    Method(
+        "watershed",
+        "Watershed",
+        "marker-based from seed groups (border = background if one group), else morphological",
+        run_watershed,
+        (
+            Param("object_scale_mm", float, 2.0, "gradient smoothing scale", "mm", 0.01),
+            Param("seed_radius_mm", float, 2.0, "marker ball radius around seeds", "mm", 0.0),
+            Param("level", float, 20.0, "flooding level without seeds (gradient units)", minimum=0.0),
+            Param("max_segments", int, 10, "largest basins kept without seeds", minimum=1),
+            SEGMENT_NAME,
+        ),
+        SEEDS_OPTIONAL,
+        "region",
+    ),
+]

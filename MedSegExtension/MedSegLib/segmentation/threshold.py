@@ -1,0 +1,186 @@
+"""Intensity thresholds: manual range, Otsu, multi-Otsu and percentiles.
+
+Manual and percentile thresholds are plain numpy comparisons on the volume's own voxels (no copy to
+ITK needed); Otsu variants use SimpleITK's histogram filters, optionally computed inside a mask so
+that e.g. air outside the body does not dominate the histogram.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, require_nonempty
+from MedSegLib.segmentation.params import SEEDS_NONE, Method, Param, check_range
+
+
+def threshold_mask(array: np.ndarray, lower: float | None, upper: float | None) -> np.ndarray:
+    """``lower <= v <= upper`` (either bound may be None = open)."""
+    if lower is None and upper is None:
+        return np.ones(array.shape, dtype=bool)
+    if lower is None:
+        return array <= upper
+    if upper is None:
+        return array >= lower
+    mask = array >= lower
+    mask &= array <= upper
+    return mask
+
+
+def run_threshold(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    lower, upper = p["lower"], p["upper"]
+    check_range(lower, upper, ctx.method_name)
+    if lower is None and upper is None:
+        raise UserInputError(f"{ctx.method_name}: give --lower and/or --upper")
+    mask = ctx.finish(threshold_mask(ctx.array, lower, upper))
+    require_nonempty(mask, ctx.method_name, f"no voxel in [{_fmt(lower)}, {_fmt(upper)}]")
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def _fmt(value: float | None) -> str:
+    return "-inf" if value is None else f"{value:g}"
+
+
+def _masked_image(ctx: SegmentationContext) -> Any:
+    return ctx.like(ctx.mask) if ctx.mask is not None else None
+
+
+def otsu_threshold(ctx: SegmentationContext, bins: int) -> float:
+    """Otsu's threshold of the volume (inside the context mask if any)."""
+    import SimpleITK as sitk
+
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(int(bins))
+    otsu.SetInsideValue(0)
+    otsu.SetOutsideValue(1)
+    mask_image = _masked_image(ctx)
+    if mask_image is not None:
+        otsu.SetMaskValue(1)
+        otsu.Execute(ctx.image, mask_image)
+    else:
+        otsu.Execute(ctx.image)
+    return float(otsu.GetThreshold())
+
+
+def run_otsu(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    threshold = otsu_threshold(ctx, p["bins"])
+    mask = ctx.array > threshold if p["foreground"] == "bright" else ctx.array <= threshold
+    mask = ctx.finish(mask)
+    require_nonempty(mask, ctx.method_name, f"Otsu threshold {threshold:g}")
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def multi_otsu_thresholds(ctx: SegmentationContext, classes: int, bins: int) -> List[float]:
+    import SimpleITK as sitk
+
+    otsu = sitk.OtsuMultipleThresholdsImageFilter()
+    otsu.SetNumberOfThresholds(int(classes) - 1)
+    otsu.SetNumberOfHistogramBins(int(bins))
+    otsu.SetValleyEmphasis(False)
+    image = ctx.image
+    if ctx.mask is not None:
+        # Histogram of the masked voxels only: a 1-D image of them.
+        values = ctx.array[ctx.mask]
+        if values.size == 0:
+            raise UserInputError(f"{ctx.method_name}: the mask is empty")
+        image = sitk.GetImageFromArray(values.reshape(1, 1, -1))
+    otsu.Execute(image)
+    return sorted(float(t) for t in otsu.GetThresholds())
+
+
+def run_multi_otsu(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    thresholds = multi_otsu_thresholds(ctx, p["classes"], p["bins"])
+    edges = [None] + thresholds + [None]
+    segments = []
+    first = 0 if p["include_lowest"] else 1
+    for index in range(first, len(edges) - 1):
+        lower, upper = edges[index], edges[index + 1]
+        mask = np.ones(ctx.shape, dtype=bool) if lower is None else ctx.array > lower
+        if upper is not None:
+            mask &= ctx.array <= upper
+        mask = ctx.finish(mask)
+        if np.any(mask):
+            segments.append(SegmentMask(f"{p['segment_name']}_{index + 1}", mask))
+    if not segments:
+        raise UserInputError(f"{ctx.method_name}: every class is empty")
+    return segments
+
+
+def run_percentile(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    low, high = p["lower_percentile"], p["upper_percentile"]
+    check_range(low, high, ctx.method_name, "percentile")
+    values = ctx.array[ctx.mask] if ctx.mask is not None else ctx.array
+    if values.size == 0:
+        raise UserInputError(f"{ctx.method_name}: the mask is empty")
+    lower, upper = (float(v) for v in np.percentile(values, [low, high]))
+    mask = ctx.finish(threshold_mask(ctx.array, lower, upper))
+    require_nonempty(mask, ctx.method_name)
+    return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+SEGMENT_NAME = Param("segment_name", str, "Segment", "name of the output segment")
+TERMINOLOGY = Param(
+    "terminology", str, "", "terminology of the segment by its 3D Slicer label (e.g. liver, bone); default: name"
+)
+BINS = Param("bins", int, 256, "histogram bins", minimum=2, maximum=65536)
+
+METHODS = [
+    Method(
+        "threshold",
+        "Threshold",
+        "voxels with lower <= value <= upper",
+        run_threshold,
+        (
+            Param("lower", float, None, "lowest intensity included", "HU"),
+            Param("upper", float, None, "highest intensity included", "HU"),
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_NONE,
+        "threshold",
+    ),
+    Method(
+        "otsu",
+        "Otsu threshold",
+        "automatic two-class threshold (Otsu 1979), computed inside --mask if given",
+        run_otsu,
+        (
+            BINS,
+            Param("foreground", str, "bright", "which class is the segment", choices=("bright", "dark")),
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_NONE,
+        "threshold",
+    ),
+    Method(
+        "multi-otsu",
+        "Multi-Otsu",
+        "automatic thresholds into N intensity classes; one segment per class",
+        run_multi_otsu,
+        (
+            Param("classes", int, 3, "number of intensity classes", minimum=2, maximum=10),
+            BINS,
+            Param("include_lowest", bool, False, "also output the darkest class (usually background)"),
+            Param("segment_name", str, "Class", "segment name prefix"),
+        ),
+        SEEDS_NONE,
+        "threshold",
+    ),
+    Method(
+        "percentile",
+        "Percentile threshold",
+        "voxels between two percentiles of the intensity histogram",
+        run_percentile,
+        (
+            Param("lower_percentile", float, 90.0, "lower percentile", "%", 0.0, 100.0),
+            Param("upper_percentile", float, 100.0, "upper percentile", "%", 0.0, 100.0),
+            SEGMENT_NAME,
+            TERMINOLOGY,
+        ),
+        SEEDS_NONE,
+        "threshold",
+    ),
+]

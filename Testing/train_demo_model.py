@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Train the demo model shipped in ``Resources/Models/medseg-ct-phantom`` (CPU, a few minutes).
+
+    .venv/bin/python Testing/train_demo_model.py [--out Resources/Models/medseg-ct-phantom] [--epochs 25]
+
+Data: MedSeg's synthetic CT phantom (``MedSegLib.sample_data.make_ct_phantom``). The phantom's anatomy does
+not depend on the seed (only the noise does), so the training set varies the field of view (the anatomy
+is scaled in-plane when the field of view is under 400 mm), the slice count and spacing, and the noise
+seed. Labels: body (phantom body + heart), lungs (left + right lung + airway), bone (spine + ribs),
+liver. The unseen evaluation phantoms (seeds >= 100, other geometries) are in
+``Testing/Python/test_deep_learning.py``.
+
+Reproducible: fixed seeds for phantoms, weight init and patch sampling; the same command on the same
+torch build gives the same weights (CPU kernels are deterministic for these ops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MedSegExtension"))
+
+# phantom label -> demo label (0 background)
+LABEL_MAP = {0: 0, 1: 1, 7: 1, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 8: 4}
+LABELS = ["body", "lungs", "bone", "liver"]
+COLORS = [(177, 122, 101), (197, 165, 145), (241, 214, 145), (221, 130, 101)]
+TERMINOLOGY = [
+    {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "38266002", "Entire body"]},
+    {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "39607008", "Lung"]},
+    {"category": ["SCT", "85756007", "Tissue"], "type": ["SCT", "272673000", "Bone"]},
+    {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "10200004", "Liver"]},
+]
+PREPROCESSING = {
+    "orientation": "LPS",
+    "axis_order": "kji",
+    "spacing_mm": [3.0, 3.0, 4.0],
+    "normalization": {"type": "scale_range", "a_min": -1000.0, "a_max": 1000.0, "b_min": 0.0, "b_max": 1.0},
+    "crop_foreground": {"threshold": -500.0, "margin_mm": 12.0},
+}
+# (slices, rows, cols), (slice, row, col) spacing mm, noise seed
+TRAIN_GEOMETRIES = [
+    ((64, 128, 128), (4.0, 3.0, 3.0), 0),
+    ((48, 112, 112), (5.0, 3.2, 3.2), 1),
+    ((80, 160, 160), (3.0, 2.2, 2.2), 2),
+    ((56, 128, 128), (4.5, 2.6, 2.6), 3),
+    ((72, 144, 144), (3.5, 2.8, 2.8), 4),
+    ((40, 96, 96), (6.0, 4.0, 4.0), 5),
+]
+VAL_GEOMETRIES = [((60, 120, 120), (4.0, 3.0, 3.0), 50)]
+
+
+def phantom_case(shape, spacing, seed, preprocessing):
+    from MedSegLib.deep_learning.training import prepare_case
+    from MedSegLib.sample_data import make_ct_phantom
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
+
+    import numpy as np
+
+    phantom = make_ct_phantom(shape=shape, spacing_mm=spacing, seed=seed)
+    spacing_ijk = tuple(reversed(phantom.spacing))
+    ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(spacing_ijk, np.eye(3), phantom.origin_lps)
+    return prepare_case(f"phantom-{seed}", [phantom.hu], phantom.labels, ijk_to_ras, preprocessing, LABEL_MAP)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Models" / "medseg-ct-phantom")
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint (no resume)")
+    args = parser.parse_args()
+
+    import torch
+
+    from MedSegLib.deep_learning.training import TrainConfig, train
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    cases = [phantom_case(s, sp, seed, PREPROCESSING) for s, sp, seed in TRAIN_GEOMETRIES]
+    val_cases = [phantom_case(s, sp, seed, PREPROCESSING) for s, sp, seed in VAL_GEOMETRIES]
+    print(f"{len(cases)} training / {len(val_cases)} validation phantoms ready in {time.perf_counter() - started:.1f} s")
+    config = TrainConfig(
+        labels=LABELS,
+        out_dir=str(args.out),
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        batch_size=2,
+        roi_size=(64, 64, 64),
+        learning_rate=3e-3,
+        seed=args.seed,
+        val_every=5,
+        channels=(8, 16, 32, 64),
+        strides=(2, 2, 2),
+        num_res_units=2,
+        norm="instance",
+        preprocessing=PREPROCESSING,
+        overlap=0.25,
+        label_colors=COLORS,
+        label_terminology=TERMINOLOGY,
+        model_name="medseg-ct-phantom",
+        model_version="1.0.0",
+        description=(
+            "Demo model trained by MedSeg on its synthetic CT phantom (Testing/train_demo_model.py): body, lungs "
+            "(incl. airway), bone (spine + ribs), liver. Not for clinical use."
+        ),
+        resume=not args.fresh,
+    )
+    summary = train(config, cases, val_cases)
+    # ship only the package and its log: checkpoints (optimizer state) would double the size
+    work = args.out / "training"
+    if (work / "training_log.csv").is_file():
+        shutil.copyfile(work / "training_log.csv", args.out / "training_log.csv")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"done in {time.perf_counter() - started:.0f} s: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
