@@ -20,8 +20,13 @@ COMMAND_MODULES: List[str] = [
     "MedSegLib.cli.demo_command",
     "MedSegLib.cli.dicom_command",
     "MedSegLib.cli.window_command",
+    "MedSegLib.cli.segment_command",
+    "MedSegLib.cli.stats_command",
     "MedSegLib.cli.qmri_command",
     "MedSegLib.cli.mri_command",
+    "MedSegLib.cli.deepseg_command",
+    "MedSegLib.cli.pacs_command",
+    "MedSegLib.cli.export_command",
 ]
 
 EXIT_OK = 0
@@ -61,6 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"medseg {args.command}: error: {error.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which closed early: not an error of ours. Point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (KeyboardInterrupt, OperationCancelled):
         print(f"medseg {args.command}: cancelled", file=sys.stderr)
         return EXIT_CANCELLED

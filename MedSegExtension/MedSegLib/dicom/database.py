@@ -217,18 +217,59 @@ STATUS_NON_DICOM = "non-dicom"
 STATUS_FAILED = "failed"
 
 _TABLE_COLUMNS = {
-    "Patients": ("UID", "PatientsName", "PatientID", "PatientsBirthDate", "PatientsBirthTime", "PatientsSex",
-                 "PatientsAge", "PatientsComments", "InsertTimestamp", "DisplayedPatientsName",
-                 "DisplayedNumberOfStudies", "DisplayedLastStudyDate", "DisplayedFieldsUpdatedTimestamp",
-                 "Connections"),
-    "Studies": ("StudyInstanceUID", "PatientsUID", "StudyID", "StudyDate", "StudyTime", "StudyDescription",
-                "AccessionNumber", "ModalitiesInStudy", "InstitutionName", "ReferringPhysician",
-                "PerformingPhysiciansName", "InsertTimestamp", "DisplayedNumberOfSeries",
-                "DisplayedFieldsUpdatedTimestamp"),
-    "Series": ("SeriesInstanceUID", "StudyInstanceUID", "SeriesNumber", "SeriesDate", "SeriesTime",
-               "SeriesDescription", "Modality", "BodyPartExamined", "FrameOfReferenceUID", "AcquisitionNumber",
-               "ContrastAgent", "ScanningSequence", "EchoNumber", "TemporalPosition", "InsertTimestamp",
-               "DisplayedCount", "DisplayedSize", "DisplayedNumberOfFrames", "DisplayedFieldsUpdatedTimestamp"),
+    "Patients": (
+        "UID",
+        "PatientsName",
+        "PatientID",
+        "PatientsBirthDate",
+        "PatientsBirthTime",
+        "PatientsSex",
+        "PatientsAge",
+        "PatientsComments",
+        "InsertTimestamp",
+        "DisplayedPatientsName",
+        "DisplayedNumberOfStudies",
+        "DisplayedLastStudyDate",
+        "DisplayedFieldsUpdatedTimestamp",
+        "Connections",
+    ),
+    "Studies": (
+        "StudyInstanceUID",
+        "PatientsUID",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "InstitutionName",
+        "ReferringPhysician",
+        "PerformingPhysiciansName",
+        "InsertTimestamp",
+        "DisplayedNumberOfSeries",
+        "DisplayedFieldsUpdatedTimestamp",
+    ),
+    "Series": (
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "SeriesNumber",
+        "SeriesDate",
+        "SeriesTime",
+        "SeriesDescription",
+        "Modality",
+        "BodyPartExamined",
+        "FrameOfReferenceUID",
+        "AcquisitionNumber",
+        "ContrastAgent",
+        "ScanningSequence",
+        "EchoNumber",
+        "TemporalPosition",
+        "InsertTimestamp",
+        "DisplayedCount",
+        "DisplayedSize",
+        "DisplayedNumberOfFrames",
+        "DisplayedFieldsUpdatedTimestamp",
+    ),
 }
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -244,7 +285,7 @@ def now_timestamp() -> str:
 
 
 def dicom_date_to_iso(value: str) -> Optional[str]:
-    """"20200218" -> "2020-02-18" (what Qt stores for a QDate bound value); invalid/empty -> None."""
+    """ "20200218" -> "2020-02-18" (what Qt stores for a QDate bound value); invalid/empty -> None."""
     value = value.strip()
     if len(value) == 8 and value.isdigit():
         try:
@@ -404,7 +445,7 @@ class DicomDatabase:
         """Path as stored in Images.Filename: relative inside the database folder, else absolute."""
         absolute = normalize_path(path)
         prefix = self._directory + "/"
-        return absolute[len(prefix):] if absolute.startswith(prefix) else absolute
+        return absolute[len(prefix) :] if absolute.startswith(prefix) else absolute
 
     def absolute_path(self, internal: str) -> str:
         if not internal:
@@ -449,8 +490,9 @@ class DicomDatabase:
         return [self.absolute_path(name) for name in self._column(sql, (seriesUID,))]
 
     def fileForInstance(self, sopInstanceUID: str) -> str:
-        return self.absolute_path(self._scalar("SELECT Filename FROM Images WHERE SOPInstanceUID = ?",
-                                               (sopInstanceUID,)))
+        return self.absolute_path(
+            self._scalar("SELECT Filename FROM Images WHERE SOPInstanceUID = ?", (sopInstanceUID,))
+        )
 
     def seriesForFile(self, fileName: str) -> str:
         return self._scalar("SELECT SeriesInstanceUID FROM Images WHERE Filename = ?", (self.internal_path(fileName),))
@@ -511,8 +553,9 @@ class DicomDatabase:
 
     def cachedTag(self, sopInstanceUID: str, tag: str) -> str:
         """Raw cache entry (may be one of CTK's markers); "" when not cached."""
-        return self._scalar("SELECT Value FROM tc.TagCache WHERE SOPInstanceUID = ? AND Tag = ?",
-                            (sopInstanceUID, tag.upper()))
+        return self._scalar(
+            "SELECT Value FROM tc.TagCache WHERE SOPInstanceUID = ? AND Tag = ?", (sopInstanceUID, tag.upper())
+        )
 
     def getCachedTags(self, sopInstanceUID: str) -> Dict[str, str]:
         rows = self._db().execute("SELECT Tag, Value FROM tc.TagCache WHERE SOPInstanceUID = ?", (sopInstanceUID,))
@@ -520,8 +563,9 @@ class DicomDatabase:
 
     def cacheTag(self, sopInstanceUID: str, tag: str, value: str) -> bool:
         try:
-            self._db().execute("INSERT OR REPLACE INTO tc.TagCache VALUES (?, ?, ?)",
-                               (sopInstanceUID, tag.upper(), value))
+            self._db().execute(
+                "INSERT OR REPLACE INTO tc.TagCache VALUES (?, ?, ?)", (sopInstanceUID, tag.upper(), value)
+            )
         except sqlite3.Error:
             return False
         return True
@@ -586,8 +630,11 @@ class DicomDatabase:
         self._cached_tag_keys = keys_set
 
     def _indexed_by_medseg(self, sop: str) -> bool:
-        return bool(self._scalar("SELECT 1 FROM mi.Files WHERE SOPInstanceUID = ? AND Status = ? LIMIT 1",
-                                 (sop, STATUS_INDEXED)))
+        return bool(
+            self._scalar(
+                "SELECT 1 FROM mi.Files WHERE SOPInstanceUID = ? AND Status = ? LIMIT 1", (sop, STATUS_INDEXED)
+            )
+        )
 
     def _value_from_file(self, file_name: str, sop: str, tag: str) -> str:
         from MedSegLib.dicom.indexer import read_tag_from_file
@@ -609,12 +656,12 @@ class DicomDatabase:
             return False
 
     # ------------------------------------------------------------------ removal
-    def removeSeries(self, seriesInstanceUID: str, clearCachedTags: bool = False,
-                     cleanup: bool = True) -> bool:
+    def removeSeries(self, seriesInstanceUID: str, clearCachedTags: bool = False, cleanup: bool = True) -> bool:
         """Remove a series; copies under ``dicom/`` are deleted, original files never are."""
         conn = self._db()
-        rows = conn.execute("SELECT Filename, SOPInstanceUID FROM Images WHERE SeriesInstanceUID = ?",
-                            (seriesInstanceUID,)).fetchall()
+        rows = conn.execute(
+            "SELECT Filename, SOPInstanceUID FROM Images WHERE SeriesInstanceUID = ?", (seriesInstanceUID,)
+        ).fetchall()
         study = self.studyForSeries(seriesInstanceUID)
         conn.execute("BEGIN")
         try:
@@ -695,8 +742,11 @@ class DicomDatabase:
     def _update_displayed_study(self, study_uid: str, timestamp: Optional[str] = None) -> None:
         conn = self._db()
         count = conn.execute("SELECT COUNT(*) FROM Series WHERE StudyInstanceUID = ?", (study_uid,)).fetchone()[0]
-        modalities = self._column("SELECT DISTINCT Modality FROM Series WHERE StudyInstanceUID = ? "
-                                  "AND Modality IS NOT NULL AND Modality != '' ORDER BY Modality", (study_uid,))
+        modalities = self._column(
+            "SELECT DISTINCT Modality FROM Series WHERE StudyInstanceUID = ? "
+            "AND Modality IS NOT NULL AND Modality != '' ORDER BY Modality",
+            (study_uid,),
+        )
         conn.execute(
             "UPDATE Studies SET DisplayedNumberOfSeries = ?, DisplayedFieldsUpdatedTimestamp = ?, "
             "ModalitiesInStudy = COALESCE(NULLIF(ModalitiesInStudy, ''), ?) WHERE StudyInstanceUID = ?",
@@ -705,8 +755,9 @@ class DicomDatabase:
 
     def _update_displayed_patient(self, patient_uid: str, timestamp: Optional[str] = None) -> None:
         conn = self._db()
-        count, last = conn.execute("SELECT COUNT(*), MAX(StudyDate) FROM Studies WHERE PatientsUID = ?",
-                                   (patient_uid,)).fetchone()
+        count, last = conn.execute(
+            "SELECT COUNT(*), MAX(StudyDate) FROM Studies WHERE PatientsUID = ?", (patient_uid,)
+        ).fetchone()
         last = "" if last is None else str(last)
         last_iso = dicom_date_to_iso(last) or (last if len(last) == 10 else None)
         conn.execute(
@@ -734,8 +785,9 @@ class DicomDatabase:
     def duplicate_files(self) -> Dict[str, List[str]]:
         """SOPInstanceUID -> other paths that hold the same instance (not indexed, reported)."""
         result: Dict[str, List[str]] = {}
-        for path, sop in self._db().execute("SELECT Path, SOPInstanceUID FROM mi.Files WHERE Status = ?",
-                                            (STATUS_DUPLICATE,)):
+        for path, sop in self._db().execute(
+            "SELECT Path, SOPInstanceUID FROM mi.Files WHERE Status = ?", (STATUS_DUPLICATE,)
+        ):
             result.setdefault(sop or "", []).append(path)
         return result
 
@@ -824,8 +876,10 @@ def _geometry_warnings(instances: List[Dict[str, str]], spacing_tolerance: float
     warnings: List[str] = []
     if len(unique) < len(instances):
         per_position = len(instances) / len(unique)
-        warnings.append(f"{len(instances)} instances at {len(unique)} slice position(s) "
-                        f"(~{per_position:.3g} per position: several volumes, e.g. time, echo or b-value?)")
+        warnings.append(
+            f"{len(instances)} instances at {len(unique)} slice position(s) "
+            f"(~{per_position:.3g} per position: several volumes, e.g. time, echo or b-value?)"
+        )
     if len(unique) >= 3:
         steps = [b[0] - a[0] for a, b in zip(unique, unique[1:])]
         if max(steps) - min(steps) > spacing_tolerance:
@@ -893,41 +947,49 @@ def describe_database(db: DicomDatabase) -> List[Dict[str, object]]:
         studies: List[Dict[str, object]] = []
         for study_uid, date, description, study_id, accession in conn.execute(
             "SELECT StudyInstanceUID, StudyDate, StudyDescription, StudyID, AccessionNumber FROM Studies "
-            "WHERE PatientsUID = ? ORDER BY StudyDate, StudyInstanceUID", (uid,)
+            "WHERE PatientsUID = ? ORDER BY StudyDate, StudyInstanceUID",
+            (uid,),
         ).fetchall():
             series_list: List[Dict[str, object]] = []
             for series_uid, number, modality, series_description in conn.execute(
                 "SELECT SeriesInstanceUID, SeriesNumber, Modality, SeriesDescription FROM Series "
-                "WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, SeriesInstanceUID", (study_uid,)
+                "WHERE StudyInstanceUID = ? ORDER BY SeriesNumber, SeriesInstanceUID",
+                (study_uid,),
             ).fetchall():
                 sops = db.instancesForSeries(series_uid)
                 instances = {sop: by_series.get(series_uid, {}).get(sop, {}) for sop in sops}
                 duplicates = sum(len(duplicate_sops.get(sop, [])) for sop in sops)
                 size = db.fieldForSeries("DisplayedSize", series_uid)
-                series_list.append({
-                    "series_instance_uid": series_uid,
-                    "series_number": number,
-                    "modality": modality or "",
-                    "description": series_description or "",
-                    "instances": len(sops),
-                    "size": size,
-                    "warnings": series_warnings(instances, duplicates, without_pixels.get(series_uid, 0)),
-                })
-            studies.append({
-                "study_instance_uid": study_uid,
-                "study_date": "" if date is None else str(date),
-                "description": description or "",
-                "study_id": study_id or "",
-                "accession_number": accession or "",
-                "series": series_list,
-            })
-        patients.append({
-            "patient_uid": str(uid),
-            "patient_id": pid or "",
-            "name": name or "",
-            "displayed_name": shown or "",
-            "birth_date": birth or "",
-            "sex": sex or "",
-            "studies": studies,
-        })
+                series_list.append(
+                    {
+                        "series_instance_uid": series_uid,
+                        "series_number": number,
+                        "modality": modality or "",
+                        "description": series_description or "",
+                        "instances": len(sops),
+                        "size": size,
+                        "warnings": series_warnings(instances, duplicates, without_pixels.get(series_uid, 0)),
+                    }
+                )
+            studies.append(
+                {
+                    "study_instance_uid": study_uid,
+                    "study_date": "" if date is None else str(date),
+                    "description": description or "",
+                    "study_id": study_id or "",
+                    "accession_number": accession or "",
+                    "series": series_list,
+                }
+            )
+        patients.append(
+            {
+                "patient_uid": str(uid),
+                "patient_id": pid or "",
+                "name": name or "",
+                "displayed_name": shown or "",
+                "birth_date": birth or "",
+                "sex": sex or "",
+                "studies": studies,
+            }
+        )
     return patients

@@ -421,8 +421,9 @@ def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
                 buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
         pos += header + length
     if truncated or pos > size:  # an element's declared length runs past the end of the file
-        raise DicomReadError(f"truncated: element ({group:04X},{elem:04X}) declares {length} bytes, the file ends "
-                             f"at byte {size}")
+        raise DicomReadError(
+            f"truncated: element ({group:04X},{elem:04X}) declares {length} bytes, the file ends at byte {size}"
+        )
     charset = ""
     if 0x00080005 in raw_values:
         charset = raw_values[0x00080005][0].decode("latin-1").strip(" \x00")
@@ -625,8 +626,9 @@ def parse_files(entries: Sequence[FileEntry]) -> List[ParseResult]:
     for path, size, mtime in entries:
         try:
             record = read_header(path, size)
-            results.append((path, size, mtime, KIND_OK,
-                            (record.values, record.has_pixel_data, record.media_sop_instance_uid)))
+            results.append(
+                (path, size, mtime, KIND_OK, (record.values, record.has_pixel_data, record.media_sop_instance_uid))
+            )
         except NotDicomError as error:
             results.append((path, size, mtime, KIND_NON_DICOM, str(error)))
         except DicomReadError as error:
@@ -657,8 +659,9 @@ def choose_mode(n_files: int, mode: str = "auto", workers: Optional[int] = None)
     return mode, max(1, workers)
 
 
-def iter_parsed(entries: Sequence[FileEntry], mode: str, workers: int,
-                chunk_size: int = 128) -> Iterator[List[ParseResult]]:
+def iter_parsed(
+    entries: Sequence[FileEntry], mode: str, workers: int, chunk_size: int = 128
+) -> Iterator[List[ParseResult]]:
     """Parse files in chunks, serially or in a pool; yields chunks in submission order."""
     chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
     if mode == "serial" or not chunks:
@@ -730,11 +733,15 @@ class ImportSummary:
         for sop, kept, duplicate in self.duplicates:
             lines.append(f"duplicate SOPInstanceUID {sop}: {duplicate} not indexed (same instance as {kept})")
         if self.no_pixel_data:
-            lines.append(f"{len(self.no_pixel_data)} indexed file(s) have no Pixel Data (7FE0,0010), "
-                         f"e.g. {self.no_pixel_data[0]}: not loadable as images")
+            lines.append(
+                f"{len(self.no_pixel_data)} indexed file(s) have no Pixel Data (7FE0,0010), "
+                f"e.g. {self.no_pixel_data[0]}: not loadable as images"
+            )
         if self.missing_position:
-            lines.append(f"{len(self.missing_position)} indexed image file(s) lack ImagePositionPatient (0020,0032), "
-                         f"e.g. {self.missing_position[0]}: slices cannot be placed in space")
+            lines.append(
+                f"{len(self.missing_position)} indexed image file(s) lack ImagePositionPatient (0020,0032), "
+                f"e.g. {self.missing_position[0]}: slices cannot be placed in space"
+            )
         if self.derived_uid_files:
             folders = sorted({os.path.dirname(p) for p in self.derived_uid_files})
             lines.append(
@@ -756,8 +763,9 @@ class ImportSummary:
             "non_dicom_reasons": dict(self.non_dicom_reasons),
             "failed": [{"file": path, "reason": reason} for path, reason in self.failed],
             "duplicate_sop_instance_uid": self.duplicate_sop_instance_uid,
-            "duplicates": [{"sop_instance_uid": sop, "kept": kept, "skipped": dup}
-                           for sop, kept, dup in self.duplicates],
+            "duplicates": [
+                {"sop_instance_uid": sop, "kept": kept, "skipped": dup} for sop, kept, dup in self.duplicates
+            ],
             "no_pixel_data": self.no_pixel_data,
             "missing_image_position": self.missing_position,
             "derived_uids": len(self.derived_uid_files),
@@ -807,8 +815,13 @@ def _derived_uid(*parts: str) -> str:
 class _Inserter:
     """Writes parsed files into the database the way CTK's insert does (patient/study/series/image/cache)."""
 
-    def __init__(self, db: DicomDatabase, summary: ImportSummary, copy_files: bool,
-                 states: Dict[str, Tuple[int, int, str, str, str]]) -> None:
+    def __init__(
+        self,
+        db: DicomDatabase,
+        summary: ImportSummary,
+        copy_files: bool,
+        states: Dict[str, Tuple[int, int, str, str, str]],
+    ) -> None:
         self.db = db
         self.conn = db.connection()
         self.summary = summary
@@ -882,10 +895,22 @@ class _Inserter:
                         summary.missing_position.append(path)
                     file_rows.append((path, size, mtime, STATUS_INDEXED, sop, int(bool(has_pixels)), None))
                 else:
-                    file_rows.append((path, size, mtime, STATUS_DUPLICATE, sop, int(bool(has_pixels)),
-                                      f"same SOPInstanceUID as {self.owner.get(sop, '')}"))
-            conn.executemany("INSERT INTO Images (SOPInstanceUID, Filename, URL, SeriesInstanceUID, InsertTimestamp, "
-                             "DisplayedFieldsUpdatedTimestamp) VALUES (?, ?, ?, ?, ?, ?)", image_rows)
+                    file_rows.append(
+                        (
+                            path,
+                            size,
+                            mtime,
+                            STATUS_DUPLICATE,
+                            sop,
+                            int(bool(has_pixels)),
+                            f"same SOPInstanceUID as {self.owner.get(sop, '')}",
+                        )
+                    )
+            conn.executemany(
+                "INSERT INTO Images (SOPInstanceUID, Filename, URL, SeriesInstanceUID, InsertTimestamp, "
+                "DisplayedFieldsUpdatedTimestamp) VALUES (?, ?, ?, ?, ?, ?)",
+                image_rows,
+            )
             tag_rows.sort()
             conn.executemany("INSERT INTO tc.TagCache VALUES (?, ?, ?)", tag_rows)
             conn.executemany("INSERT OR REPLACE INTO mi.Files VALUES (?, ?, ?, ?, ?, ?, ?)", file_rows)
@@ -894,9 +919,15 @@ class _Inserter:
             conn.execute("ROLLBACK")
             raise
 
-    def _add_instance(self, path: str, values: Dict[str, str], has_pixels: bool, media_sop: str,
-                      tag_rows: List[Tuple[str, str, str]], image_rows: List[Tuple[str, str, str, str, str, str]]
-                      ) -> Tuple[str, str]:
+    def _add_instance(
+        self,
+        path: str,
+        values: Dict[str, str],
+        has_pixels: bool,
+        media_sop: str,
+        tag_rows: List[Tuple[str, str, str]],
+        image_rows: List[Tuple[str, str, str, str, str, str]],
+    ) -> Tuple[str, str]:
         get = values.get
         folder = os.path.dirname(path)
         derived = False
@@ -907,13 +938,28 @@ class _Inserter:
         study = get("0020,000D", "")
         patient_key = (get("0010,0020", ""), get("0010,0010", ""), get("0010,0030", ""))
         if not study:
-            study = _derived_uid("study", folder, *patient_key, get("0008,0020", ""), get("0008,0030", ""),
-                                 get("0020,0010", ""), get("0008,0050", ""))
+            study = _derived_uid(
+                "study",
+                folder,
+                *patient_key,
+                get("0008,0020", ""),
+                get("0008,0030", ""),
+                get("0020,0010", ""),
+                get("0008,0050", ""),
+            )
             derived = True
         series = get("0020,000E", "")
         if not series:
-            series = _derived_uid("series", study, folder, get("0020,0011", ""), get("0008,103E", ""),
-                                  get("0008,0060", ""), get("0008,0021", ""), get("0008,0031", ""))
+            series = _derived_uid(
+                "series",
+                study,
+                folder,
+                get("0020,0011", ""),
+                get("0008,103E", ""),
+                get("0008,0060", ""),
+                get("0008,0021", ""),
+                get("0008,0031", ""),
+            )
             derived = True
         owner = self.owner.get(sop)
         if owner is not None and owner != path:
@@ -951,10 +997,17 @@ class _Inserter:
                 "INSERT INTO Patients (UID, PatientsName, PatientID, PatientsBirthDate, PatientsBirthTime, "
                 "PatientsSex, PatientsAge, PatientsComments, InsertTimestamp, DisplayedPatientsName, Connections) "
                 "VALUES (NULL, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
-                (name, patient_id, dicom_date_to_iso(get("0010,0030", "")), get("0010,0032", ""),
-                 get("0010,0040", ""), get("0010,4000", ""), self.timestamp,
-                 human_readable_patient_name(get("0010,0010", "")) or name,
-                 LOCAL_CONNECTIONS),
+                (
+                    name,
+                    patient_id,
+                    dicom_date_to_iso(get("0010,0030", "")),
+                    get("0010,0032", ""),
+                    get("0010,0040", ""),
+                    get("0010,4000", ""),
+                    self.timestamp,
+                    human_readable_patient_name(get("0010,0010", "")) or name,
+                    LOCAL_CONNECTIONS,
+                ),
             )
             uid = int(cursor.lastrowid or 0)
             self.patients[key] = uid
@@ -970,9 +1023,20 @@ class _Inserter:
             "INSERT INTO Studies (StudyInstanceUID, PatientsUID, StudyID, StudyDate, StudyTime, AccessionNumber, "
             "ModalitiesInStudy, InstitutionName, ReferringPhysician, PerformingPhysiciansName, StudyDescription, "
             "InsertTimestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (study, patient_uid, get("0020,0010", ""), get("0008,0020", "") or None, get("0008,0030", ""),
-             get("0008,0050", ""), get("0008,0061", ""), get("0008,0080", ""), get("0008,0090", ""),
-             get("0008,1050", ""), get("0008,1030", ""), self.timestamp),
+            (
+                study,
+                patient_uid,
+                get("0020,0010", ""),
+                get("0008,0020", "") or None,
+                get("0008,0030", ""),
+                get("0008,0050", ""),
+                get("0008,0061", ""),
+                get("0008,0080", ""),
+                get("0008,0090", ""),
+                get("0008,1050", ""),
+                get("0008,1030", ""),
+                self.timestamp,
+            ),
         )
         self.studies.add(study)
         self.touched_studies.add(study)
@@ -986,10 +1050,23 @@ class _Inserter:
             "SeriesDescription, Modality, BodyPartExamined, FrameOfReferenceUID, AcquisitionNumber, ContrastAgent, "
             "ScanningSequence, EchoNumber, TemporalPosition, InsertTimestamp) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (series, study, dicom_int(get("0020,0011", "")), dicom_date_to_iso(get("0008,0021", "")),
-             get("0008,0031", ""), get("0008,103E", ""), get("0008,0060", ""), get("0018,0015", ""),
-             get("0020,0052", ""), dicom_int(get("0020,0012", "")), get("0018,0010", ""), get("0018,0020", ""),
-             dicom_int(get("0018,0086", "")), dicom_int(get("0020,0100", "")), self.timestamp),
+            (
+                series,
+                study,
+                dicom_int(get("0020,0011", "")),
+                dicom_date_to_iso(get("0008,0021", "")),
+                get("0008,0031", ""),
+                get("0008,103E", ""),
+                get("0008,0060", ""),
+                get("0018,0015", ""),
+                get("0020,0052", ""),
+                dicom_int(get("0020,0012", "")),
+                get("0018,0010", ""),
+                get("0018,0020", ""),
+                dicom_int(get("0018,0086", "")),
+                dicom_int(get("0020,0100", "")),
+                self.timestamp,
+            ),
         )
         self.series.add(series)
 

@@ -29,11 +29,17 @@ from .slice_geometry import LPS_TO_RAS, analyse_stack, resample_to_regular_grid
 ProgressCallback = Callable[[int, int], None]
 PATIENT_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "StudyID", "AccessionNumber")
-SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "Manufacturer",
-               "BodyPartExamined")
+SERIES_KEYS = ("SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "Manufacturer", "BodyPartExamined")
 
-__all__ = ["Loadable", "LoadedVolume", "examine_files", "load_loadable", "load_series_files", "load_folder",
-           "list_folder_files"]
+__all__ = [
+    "Loadable",
+    "LoadedVolume",
+    "examine_files",
+    "load_loadable",
+    "load_series_files",
+    "load_folder",
+    "list_folder_files",
+]
 
 
 @dataclass
@@ -142,8 +148,12 @@ def _fill_value(frames: Sequence[Frame], array: np.ndarray) -> float:
     return float(array.min()) if array.size else 0.0
 
 
-def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_philips_scale_slope: bool = False,
-                  progress: ProgressCallback | None = None) -> LoadedVolume:
+def load_loadable(
+    loadable: Loadable,
+    keep_acquired_grid: bool = False,
+    use_philips_scale_slope: bool = False,
+    progress: ProgressCallback | None = None,
+) -> LoadedVolume:
     """Decode one loadable into a LoadedVolume with its exact ijk_to_ras."""
     frames = loadable.frames
     n_volumes, n_slices = loadable.n_volumes, loadable.n_slices
@@ -157,8 +167,9 @@ def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_phil
     if reference.orientation is None or any(f.position is None for f in first_volume):
         spacing = reference.pixel_spacing or (1.0, 1.0)
         ijk_to_lps = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-        warnings.append("images lack position/orientation: identity orientation assumed, slices in InstanceNumber "
-                        "order")
+        warnings.append(
+            "images lack position/orientation: identity orientation assumed, slices in InstanceNumber order"
+        )
     else:
         positions = np.array([f.position for f in first_volume], dtype=np.float64)
         spacing = reference.pixel_spacing or (1.0, 1.0)
@@ -177,7 +188,8 @@ def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_phil
             acquired = (LPS_TO_RAS[:3, :3] @ positions.T).T
             warnings.append(
                 "kept the acquired slices (keep_acquired_grid): the volume matrix is only exact for the first and "
-                "last slice; true slice origins are in acquired_slice_origins_ras")
+                "last slice; true slice origins are in acquired_slice_origins_ras"
+            )
         else:
             fill = _fill_value(frames, data)
             out = None
@@ -191,33 +203,54 @@ def load_loadable(loadable: Loadable, keep_acquired_grid: bool = False, use_phil
             warnings.append(
                 f"resampled onto a regular grid in patient space ({data.shape[1]} slices of "
                 f"{float(np.linalg.norm(ijk_to_lps[:3, 2])):.3f} mm, orthogonal to the image plane), linear "
-                "interpolation; use keep_acquired_grid to keep the acquired slices")
+                "interpolation; use keep_acquired_grid to keep the acquired slices"
+            )
     if reference.file.photometric.upper() == "MONOCHROME1":
         warnings.append("MONOCHROME1: low values are displayed bright; voxel values are not inverted")
     ijk_to_ras = LPS_TO_RAS @ ijk_to_lps
     array = data[0] if n_volumes == 1 else data
     middle = first_volume[len(first_volume) // 2]
     return LoadedVolume(
-        name=loadable.name, array=np.ascontiguousarray(array), ijk_to_ras=ijk_to_ras,
-        window_presets=list(middle.windows), warnings=warnings, series_uid=loadable.series_uid,
-        instance_uids=[f.sop_uid for f in frames], instance_numbers=[f.instance_number for f in frames],
-        per_volume=[dict(p) for p in loadable.per_volume], varying=list(loadable.varying),
-        patient=_info(reference, PATIENT_KEYS), study=_info(reference, STUDY_KEYS),
-        series=_info(reference, SERIES_KEYS), resampled=resampled, acquired_slice_origins_ras=acquired,
-        files=loadable.files)
+        name=loadable.name,
+        array=np.ascontiguousarray(array),
+        ijk_to_ras=ijk_to_ras,
+        window_presets=list(middle.windows),
+        warnings=warnings,
+        series_uid=loadable.series_uid,
+        instance_uids=[f.sop_uid for f in frames],
+        instance_numbers=[f.instance_number for f in frames],
+        per_volume=[dict(p) for p in loadable.per_volume],
+        varying=list(loadable.varying),
+        patient=_info(reference, PATIENT_KEYS),
+        study=_info(reference, STUDY_KEYS),
+        series=_info(reference, SERIES_KEYS),
+        resampled=resampled,
+        acquired_slice_origins_ras=acquired,
+        files=loadable.files,
+    )
 
 
-def load_series_files(files: Iterable[str | os.PathLike], keep_acquired_grid: bool = False,
-                      use_philips_scale_slope: bool = False, progress: ProgressCallback | None = None,
-                      include_unselected: bool = False) -> list[LoadedVolume]:
+def load_series_files(
+    files: Iterable[str | os.PathLike],
+    keep_acquired_grid: bool = False,
+    use_philips_scale_slope: bool = False,
+    progress: ProgressCallback | None = None,
+    include_unselected: bool = False,
+) -> list[LoadedVolume]:
     """Load every selected loadable of ``files`` (localizers and other unselected ones only if asked)."""
     loadables = examine_files(files)
     chosen = [item for item in loadables if item.selected or include_unselected] or loadables[:1]
     return [load_loadable(item, keep_acquired_grid, use_philips_scale_slope, progress) for item in chosen]
 
 
-def load_folder(folder: str | os.PathLike, keep_acquired_grid: bool = False, use_philips_scale_slope: bool = False,
-                progress: ProgressCallback | None = None, include_unselected: bool = False) -> list[LoadedVolume]:
+def load_folder(
+    folder: str | os.PathLike,
+    keep_acquired_grid: bool = False,
+    use_philips_scale_slope: bool = False,
+    progress: ProgressCallback | None = None,
+    include_unselected: bool = False,
+) -> list[LoadedVolume]:
     """Load all image series found below ``folder`` (non-DICOM files such as READMEs or DICOMDIR are skipped)."""
-    return load_series_files(list_folder_files(folder), keep_acquired_grid, use_philips_scale_slope, progress,
-                             include_unselected)
+    return load_series_files(
+        list_folder_files(folder), keep_acquired_grid, use_philips_scale_slope, progress, include_unselected
+    )

@@ -53,7 +53,7 @@ def parse_csa_header(raw: bytes) -> dict[str, list[str]]:
     for _ in range(n_tags):
         if offset + 84 > len(raw):
             break
-        name = raw[offset:offset + 64].split(b"\0", 1)[0].decode("latin-1")
+        name = raw[offset : offset + 64].split(b"\0", 1)[0].decode("latin-1")
         _vm, _vr, _syngodt, n_items, _xx = struct.unpack_from("<i4sii i", raw, offset + 64)
         offset += 84
         items = []
@@ -65,7 +65,7 @@ def parse_csa_header(raw: bytes) -> dict[str, list[str]]:
             offset += 16
             if length < 0 or offset + length > len(raw):
                 return tags
-            value = raw[offset:offset + length].split(b"\0", 1)[0].decode("latin-1").strip()
+            value = raw[offset : offset + length].split(b"\0", 1)[0].decode("latin-1").strip()
             if value:
                 items.append(value)
             offset += (length + 3) // 4 * 4

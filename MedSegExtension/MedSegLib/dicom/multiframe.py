@@ -85,12 +85,20 @@ def enhanced_frames(ds) -> list[EnhancedFrame]:
                 frame.windows.append((center, width, text))
         content = _group(item, shared, "FrameContentSequence")
         if content is not None:
-            for keyword in ("DimensionIndexValues", "StackID", "InStackPositionNumber", "TemporalPositionIndex",
-                            "FrameAcquisitionNumber"):
+            for keyword in (
+                "DimensionIndexValues",
+                "StackID",
+                "InStackPositionNumber",
+                "TemporalPositionIndex",
+                "FrameAcquisitionNumber",
+            ):
                 if keyword in content and content[keyword].value is not None:
                     value = content[keyword].value
-                    frame.params[keyword] = tuple(int(v) for v in value) if keyword == "DimensionIndexValues" \
-                        and not isinstance(value, int) else value
+                    frame.params[keyword] = (
+                        tuple(int(v) for v in value)
+                        if keyword == "DimensionIndexValues" and not isinstance(value, int)
+                        else value
+                    )
         echo = _group(item, shared, "MREchoSequence")
         if echo is not None and echo.get("EffectiveEchoTime") is not None:
             frame.params["EchoTime"] = float(echo.EffectiveEchoTime)
@@ -111,7 +119,8 @@ def enhanced_frames(ds) -> list[EnhancedFrame]:
             directions = diffusion.get("DiffusionGradientDirectionSequence")
             if directions and "DiffusionGradientOrientation" in directions[0]:
                 frame.params["DiffusionGradientOrientation"] = tuple(
-                    _floats(directions[0].DiffusionGradientOrientation))
+                    _floats(directions[0].DiffusionGradientOrientation)
+                )
         cardiac = _group(item, shared, "CardiacSynchronizationSequence")
         if cardiac is not None and cardiac.get("NominalCardiacTriggerDelayTime") is not None:
             frame.params["TriggerTime"] = float(cardiac.NominalCardiacTriggerDelayTime)

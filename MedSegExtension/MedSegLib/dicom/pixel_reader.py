@@ -128,7 +128,9 @@ def _decode_error(file: FileInfo, error: Exception) -> UserInputError:
     return UserInputError(
         f"cannot decode pixel data with transfer syntax '{name}' ({file.transfer_syntax}): {first_line}. "
         "Install the matching pydicom decoder plugin (pylibjpeg, pylibjpeg-openjpeg, python-gdcm) or convert "
-        "the file with 'gdcmconv -w'", file.path)
+        "the file with 'gdcmconv -w'",
+        file.path,
+    )
 
 
 def _native_frames(file: FileInfo) -> Callable[..., np.ndarray]:
@@ -142,7 +144,9 @@ def _native_frames(file: FileInfo) -> Callable[..., np.ndarray]:
         if start + frame_bytes > file_size:
             raise UserInputError(
                 f"file is truncated: pixel data of frame {index + 1} needs {frame_bytes} bytes from offset {start}, "
-                f"the file has {file_size} bytes", file.path)
+                f"the file has {file_size} bytes",
+                file.path,
+            )
         handle.seek(start)
         if into is not None:
             handle.readinto(memoryview(into.reshape(-1).view(np.uint8)))
@@ -155,20 +159,27 @@ def _native_frames(file: FileInfo) -> Callable[..., np.ndarray]:
     return read
 
 
-def _read_file(file: FileInfo, jobs: list[tuple[int, Frame]], out: np.ndarray, use_philips: bool,
-               check: bool) -> None:
+def _read_file(file: FileInfo, jobs: list[tuple[int, Frame]], out: np.ndarray, use_philips: bool, check: bool) -> None:
     """Decode all frames of one file that the volume needs into ``out[index]``."""
     by_frame: dict[int, list[tuple[int, Frame]]] = {}
     for index, frame in jobs:
         by_frame.setdefault(frame.frame_index or 0, []).append((index, frame))
-    native = (file.pixel_offset is not None and file.samples_per_pixel == 1 and file.bits_allocated in (8, 16, 32)
-              and file.bits_allocated >= file.bits_stored)
+    native = (
+        file.pixel_offset is not None
+        and file.samples_per_pixel == 1
+        and file.bits_allocated in (8, 16, 32)
+        and file.bits_allocated >= file.bits_stored
+    )
     if native:
         read = _native_frames(file)
         with open(file.path, "rb") as handle:
             for frame_number, targets in by_frame.items():
-                direct = (len(targets) == 1 and targets[0][1].tile is None and out.dtype == np.int16
-                          and file.bits_allocated == 16)
+                direct = (
+                    len(targets) == 1
+                    and targets[0][1].tile is None
+                    and out.dtype == np.int16
+                    and file.bits_allocated == 16
+                )
                 if direct:
                     index, frame = targets[0]
                     slope, intercept = effective_rescale(frame, use_philips)
@@ -205,16 +216,22 @@ def _read_file(file: FileInfo, jobs: list[tuple[int, Frame]], out: np.ndarray, u
 
 def _cut(image: np.ndarray, frame: Frame) -> np.ndarray:
     if image.ndim != 2:
-        raise UserInputError(f"unsupported pixel layout {image.shape} (colour images cannot be loaded as scalar "
-                             "volumes)", frame.file.path)
+        raise UserInputError(
+            f"unsupported pixel layout {image.shape} (colour images cannot be loaded as scalar volumes)",
+            frame.file.path,
+        )
     if frame.tile is None:
         return image
     row0, col0, rows, cols = frame.tile
-    return image[row0:row0 + rows, col0:col0 + cols]
+    return image[row0 : row0 + rows, col0 : col0 + cols]
 
 
-def read_frames(frames: Sequence[Frame], use_philips_scale_slope: bool = False,
-                progress: ProgressCallback | None = None, max_workers: int | None = None) -> np.ndarray:
+def read_frames(
+    frames: Sequence[Frame],
+    use_philips_scale_slope: bool = False,
+    progress: ProgressCallback | None = None,
+    max_workers: int | None = None,
+) -> np.ndarray:
     """Decode ``frames`` into one array of shape (len(frames), rows, cols), in the given order."""
     if not frames:
         raise UserInputError("no image frames to read")
@@ -223,8 +240,11 @@ def read_frames(frames: Sequence[Frame], use_philips_scale_slope: bool = False,
         if (frame.rows, frame.cols) != (rows, cols):
             raise UserInputError(f"matrix size {frame.rows}x{frame.cols} differs from {rows}x{cols}", frame.file.path)
         if frame.file.samples_per_pixel != 1:
-            raise UserInputError(f"{frame.file.samples_per_pixel} samples per pixel ({frame.file.photometric}): "
-                                 "colour images cannot be loaded as scalar volumes", frame.file.path)
+            raise UserInputError(
+                f"{frame.file.samples_per_pixel} samples per pixel ({frame.file.photometric}): "
+                "colour images cannot be loaded as scalar volumes",
+                frame.file.path,
+            )
     dtype, check = choose_dtype(frames, use_philips_scale_slope)
     by_file: dict[str, list[tuple[int, Frame]]] = {}
     files: dict[str, FileInfo] = {}
@@ -244,8 +264,10 @@ def read_frames(frames: Sequence[Frame], use_philips_scale_slope: bool = False,
                     progress(done, total)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_read_file, files[path], jobs, out, use_philips_scale_slope, check_values)
-                       for path, jobs in by_file.items()]
+            futures = [
+                pool.submit(_read_file, files[path], jobs, out, use_philips_scale_slope, check_values)
+                for path, jobs in by_file.items()
+            ]
             try:
                 for future in futures:
                     future.result()

@@ -23,9 +23,21 @@ import numpy as np
 from .slice_geometry import POSITION_TOLERANCE_MM, orientation_vectors
 
 #: Acquisition parameters that can distinguish the volumes of a multi-volume series, in reporting order.
-VOLUME_PARAMETERS = ("InversionTime", "EchoTime", "RepetitionTime", "FlipAngle", "DiffusionBValue",
-                     "DiffusionGradientOrientation", "TriggerTime", "TemporalPositionIdentifier",
-                     "TemporalPositionIndex", "AcquisitionNumber", "AcquisitionTime", "EchoNumbers", "SeriesNumber")
+VOLUME_PARAMETERS = (
+    "InversionTime",
+    "EchoTime",
+    "RepetitionTime",
+    "FlipAngle",
+    "DiffusionBValue",
+    "DiffusionGradientOrientation",
+    "TriggerTime",
+    "TemporalPositionIdentifier",
+    "TemporalPositionIndex",
+    "AcquisitionNumber",
+    "AcquisitionTime",
+    "EchoNumbers",
+    "SeriesNumber",
+)
 #: Scalar parameters by which volumes are sorted when they tell every volume apart (relaxometry series).
 SORTABLE_PARAMETERS = ("InversionTime", "EchoTime", "RepetitionTime", "FlipAngle", "TriggerTime")
 NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
@@ -175,8 +187,17 @@ def _private(ds, group: int, element: int) -> Any:
 def _acquisition_params(ds, manufacturer: str) -> dict[str, Any]:
     """Per-image acquisition parameters (standard tags first, vendor private tags as dcm2niix reads them)."""
     params: dict[str, Any] = {}
-    for keyword in ("InversionTime", "EchoTime", "RepetitionTime", "FlipAngle", "TriggerTime", "EchoNumbers",
-                    "TemporalPositionIdentifier", "AcquisitionNumber", "SeriesNumber"):
+    for keyword in (
+        "InversionTime",
+        "EchoTime",
+        "RepetitionTime",
+        "FlipAngle",
+        "TriggerTime",
+        "EchoNumbers",
+        "TemporalPositionIdentifier",
+        "AcquisitionNumber",
+        "SeriesNumber",
+    ):
         value = _number(ds.get(keyword))
         if value is not None:
             params[keyword] = value
@@ -222,8 +243,9 @@ def _windows(ds) -> list[tuple[float, float, str]]:
     presets = []
     for number, (center, width) in enumerate(zip(centers, widths)):
         try:
-            presets.append((float(center), float(width),
-                            str(explanations[number]) if number < len(explanations) else ""))
+            presets.append(
+                (float(center), float(width), str(explanations[number]) if number < len(explanations) else "")
+            )
         except (TypeError, ValueError):
             continue
     return presets
@@ -253,32 +275,70 @@ def _pixel_element(fp, implicit: bool) -> tuple[int, int] | None:
 # tags used here is 5-10x faster; anything unusual returns None and goes through pydicom.
 
 _FAST_TAGS: dict[int, tuple[str, str]] = {
-    0x00080005: ("SpecificCharacterSet", "CS"), 0x00080008: ("ImageType", "CS"),
-    0x00080018: ("SOPInstanceUID", "UI"), 0x00080020: ("StudyDate", "DA"),
-    0x00080030: ("StudyTime", "TM"), 0x00080032: ("AcquisitionTime", "TM"), 0x00080050: ("AccessionNumber", "SH"),
-    0x00080060: ("Modality", "CS"), 0x00080070: ("Manufacturer", "LO"), 0x00081030: ("StudyDescription", "LO"),
-    0x0008103E: ("SeriesDescription", "LO"), 0x00082111: ("DerivationDescription", "ST"),
-    0x00100010: ("PatientName", "PN"), 0x00100020: ("PatientID", "LO"), 0x00100030: ("PatientBirthDate", "DA"),
-    0x00100040: ("PatientSex", "CS"), 0x00180015: ("BodyPartExamined", "CS"), 0x00180050: ("SliceThickness", "DS"),
-    0x00180080: ("RepetitionTime", "DS"), 0x00180081: ("EchoTime", "DS"), 0x00180082: ("InversionTime", "DS"),
-    0x00180086: ("EchoNumbers", "IS"), 0x00180088: ("SpacingBetweenSlices", "DS"), 0x00181060: ("TriggerTime", "DS"),
-    0x00181030: ("ProtocolName", "LO"), 0x00181164: ("ImagerPixelSpacing", "DS"),
-    0x00181314: ("FlipAngle", "DS"), 0x00189087: ("DiffusionBValue", "FD"),
-    0x00189089: ("DiffusionGradientOrientation", "FD"), 0x0020000D: ("StudyInstanceUID", "UI"),
-    0x0020000E: ("SeriesInstanceUID", "UI"), 0x00200010: ("StudyID", "SH"), 0x00200011: ("SeriesNumber", "IS"),
-    0x00200012: ("AcquisitionNumber", "IS"), 0x00200013: ("InstanceNumber", "IS"),
-    0x00200032: ("ImagePositionPatient", "DS"), 0x00200037: ("ImageOrientationPatient", "DS"),
-    0x00200052: ("FrameOfReferenceUID", "UI"), 0x00200100: ("TemporalPositionIdentifier", "IS"),
-    0x00280002: ("SamplesPerPixel", "US"), 0x00280004: ("PhotometricInterpretation", "CS"),
-    0x00280008: ("NumberOfFrames", "IS"), 0x00280010: ("Rows", "US"), 0x00280011: ("Columns", "US"),
-    0x00280030: ("PixelSpacing", "DS"), 0x00280100: ("BitsAllocated", "US"), 0x00280101: ("BitsStored", "US"),
-    0x00280103: ("PixelRepresentation", "US"), 0x00280120: ("PixelPaddingValue", "xs"),
-    0x00281050: ("WindowCenter", "DS"), 0x00281051: ("WindowWidth", "DS"), 0x00281052: ("RescaleIntercept", "DS"),
-    0x00281053: ("RescaleSlope", "DS"), 0x00281055: ("WindowCenterWidthExplanation", "LO"),
+    0x00080005: ("SpecificCharacterSet", "CS"),
+    0x00080008: ("ImageType", "CS"),
+    0x00080018: ("SOPInstanceUID", "UI"),
+    0x00080020: ("StudyDate", "DA"),
+    0x00080030: ("StudyTime", "TM"),
+    0x00080032: ("AcquisitionTime", "TM"),
+    0x00080050: ("AccessionNumber", "SH"),
+    0x00080060: ("Modality", "CS"),
+    0x00080070: ("Manufacturer", "LO"),
+    0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"),
+    0x00082111: ("DerivationDescription", "ST"),
+    0x00100010: ("PatientName", "PN"),
+    0x00100020: ("PatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00100040: ("PatientSex", "CS"),
+    0x00180015: ("BodyPartExamined", "CS"),
+    0x00180050: ("SliceThickness", "DS"),
+    0x00180080: ("RepetitionTime", "DS"),
+    0x00180081: ("EchoTime", "DS"),
+    0x00180082: ("InversionTime", "DS"),
+    0x00180086: ("EchoNumbers", "IS"),
+    0x00180088: ("SpacingBetweenSlices", "DS"),
+    0x00181060: ("TriggerTime", "DS"),
+    0x00181030: ("ProtocolName", "LO"),
+    0x00181164: ("ImagerPixelSpacing", "DS"),
+    0x00181314: ("FlipAngle", "DS"),
+    0x00189087: ("DiffusionBValue", "FD"),
+    0x00189089: ("DiffusionGradientOrientation", "FD"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"),
+    0x00200010: ("StudyID", "SH"),
+    0x00200011: ("SeriesNumber", "IS"),
+    0x00200012: ("AcquisitionNumber", "IS"),
+    0x00200013: ("InstanceNumber", "IS"),
+    0x00200032: ("ImagePositionPatient", "DS"),
+    0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00200052: ("FrameOfReferenceUID", "UI"),
+    0x00200100: ("TemporalPositionIdentifier", "IS"),
+    0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "CS"),
+    0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280030: ("PixelSpacing", "DS"),
+    0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"),
+    0x00280103: ("PixelRepresentation", "US"),
+    0x00280120: ("PixelPaddingValue", "xs"),
+    0x00281050: ("WindowCenter", "DS"),
+    0x00281051: ("WindowWidth", "DS"),
+    0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"),
+    0x00281055: ("WindowCenterWidthExplanation", "LO"),
     # vendor private tags read by _acquisition_params (fixed element numbers, as dcm2niix reads them)
-    0x0019100C: ((0x0019, 0x100C), "IS"), 0x0019100E: ((0x0019, 0x100E), "FD"), 0x00431039: ((0x0043, 0x1039), "IS"),
-    0x001910BB: ((0x0019, 0x10BB), "DS"), 0x001910BC: ((0x0019, 0x10BC), "DS"), 0x001910BD: ((0x0019, 0x10BD), "DS"),
-    0x20011003: ((0x2001, 0x1003), "FL"), 0x2005100E: ((0x2005, 0x100E), "FL"), 0x00651009: ((0x0065, 0x1009), "FD"),
+    0x0019100C: ((0x0019, 0x100C), "IS"),
+    0x0019100E: ((0x0019, 0x100E), "FD"),
+    0x00431039: ((0x0043, 0x1039), "IS"),
+    0x001910BB: ((0x0019, 0x10BB), "DS"),
+    0x001910BC: ((0x0019, 0x10BC), "DS"),
+    0x001910BD: ((0x0019, 0x10BD), "DS"),
+    0x20011003: ((0x2001, 0x1003), "FL"),
+    0x2005100E: ((0x2005, 0x100E), "FL"),
+    0x00651009: ((0x0065, 0x1009), "FD"),
     0x00651037: ((0x0065, 0x1037), "FD"),
 }
 #: Tags whose presence means the file needs the full pydicom path (functional groups, mosaics, UIH grids).
@@ -344,7 +404,7 @@ def _skip_dataset(data: bytes, pos: int, implicit: bool, until_item_end: bool) -
         group, element = struct.unpack_from("<HH", data, pos)
         if group == 0xFFFE and element == 0xE00D:
             return pos + 8
-        vr = b"" if implicit else data[pos + 4:pos + 6]
+        vr = b"" if implicit else data[pos + 4 : pos + 6]
         if implicit or group == 0xFFFE:
             length = struct.unpack_from("<I", data, pos + 4)[0]
             pos += 8
@@ -397,7 +457,7 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
         group, element = struct.unpack_from("<HH", data, pos)
         if group != 0x0002:
             break
-        vr = data[pos + 4:pos + 6]
+        vr = data[pos + 4 : pos + 6]
         if not vr.isalpha() or not vr.isupper():
             return None  # file meta not in explicit VR: unusual file, let pydicom decide
         if vr in _LONG_VRS:
@@ -407,10 +467,13 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
             length = struct.unpack_from("<H", data, pos + 6)[0]
             pos += 8
         if element == 0x0010:
-            transfer_syntax = data[pos:pos + length].decode("latin-1").rstrip("\0 ")
+            transfer_syntax = data[pos : pos + length].decode("latin-1").rstrip("\0 ")
         pos += length
-    if transfer_syntax not in NATIVE_TRANSFER_SYNTAXES and not transfer_syntax.startswith("1.2.840.10008.1.2.4") \
-            and transfer_syntax != "1.2.840.10008.1.2.5":
+    if (
+        transfer_syntax not in NATIVE_TRANSFER_SYNTAXES
+        and not transfer_syntax.startswith("1.2.840.10008.1.2.4")
+        and transfer_syntax != "1.2.840.10008.1.2.5"
+    ):
         return None  # big endian, deflated, private syntaxes: pydicom knows best
     implicit = transfer_syntax == "1.2.840.10008.1.2"
     values: dict[Any, Any] = {}
@@ -425,7 +488,7 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
             header = 8
             vr = b""
         else:
-            vr = data[pos + 4:pos + 6]
+            vr = data[pos + 4 : pos + 6]
             if not vr.isalpha() or not vr.isupper():
                 return None  # not explicit VR after all (mislabelled transfer syntax): pydicom copes
             if vr in _LONG_VRS:
@@ -455,7 +518,7 @@ def _fast_header(path: str) -> tuple[_FastHeader, str, tuple[int, int] | None, b
             vr_text = vr.decode("latin-1") if vr and vr != b"UN" else declared
             if vr_text in ("OB", "UN"):
                 vr_text = declared
-            values[key] = _decode(data[pos:pos + length], vr_text, values)
+            values[key] = _decode(data[pos : pos + length], vr_text, values)
             if tag == 0x00080005 and "\\".join(_as_list(values[key])).strip() not in _SIMPLE_CHARSETS:
                 return None
         pos += length
@@ -485,7 +548,8 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
     if simple:
         header = fast_result[0]
         simple = int(_number(header.get("NumberOfFrames")) or 1) == 1 and not any(
-            "MOSAIC" in str(v).upper() for v in _as_list(header.get("ImageType")))
+            "MOSAIC" in str(v).upper() for v in _as_list(header.get("ImageType"))
+        )
     if simple:
         ds, transfer_syntax, pixel, has_pixels = fast_result
     else:
@@ -503,8 +567,11 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
             transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
             if not transfer_syntax:
                 implicit, little = getattr(ds, "original_encoding", (True, True))
-                transfer_syntax = "1.2.840.10008.1.2" if implicit is not False else (
-                    "1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+                transfer_syntax = (
+                    "1.2.840.10008.1.2"
+                    if implicit is not False
+                    else ("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+                )
             pixel = None
             tag_position = fp.tell()
             head = fp.read(4)
@@ -515,25 +582,49 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
     if "Rows" not in ds or "Columns" not in ds:
         raise NotDicomError("no image (Rows/Columns missing)")
     if not has_pixels:
-        raise NotDicomError("image header without pixel data (7FE0,0010): truncated or incomplete file?",
-                            quiet=False)
+        raise NotDicomError("image header without pixel data (7FE0,0010): truncated or incomplete file?", quiet=False)
     manufacturer = str(ds.get("Manufacturer", "") or "")
     padding = ds.get("PixelPaddingValue")
     file_info = FileInfo(
-        path=path, transfer_syntax=transfer_syntax, rows=int(ds.Rows), cols=int(ds.Columns),
-        number_of_frames=int(_number(ds.get("NumberOfFrames")) or 1), bits_allocated=int(ds.get("BitsAllocated", 16)),
+        path=path,
+        transfer_syntax=transfer_syntax,
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        number_of_frames=int(_number(ds.get("NumberOfFrames")) or 1),
+        bits_allocated=int(ds.get("BitsAllocated", 16)),
         bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated", 16)),
         pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
         samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        pixel_offset=pixel[0] if pixel else None, pixel_length=pixel[1] if pixel else None,
-        manufacturer=manufacturer, modality=str(ds.get("Modality", "") or ""),
+        pixel_offset=pixel[0] if pixel else None,
+        pixel_length=pixel[1] if pixel else None,
+        manufacturer=manufacturer,
+        modality=str(ds.get("Modality", "") or ""),
         padding_value=_number(padding) if padding is not None and not isinstance(padding, bytes) else None,
-        info={key: str(ds.get(key, "") or "") for key in (
-            "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-            "StudyTime", "StudyDescription", "StudyID", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber",
-            "SeriesDescription", "Modality", "Manufacturer", "BodyPartExamined", "DerivationDescription",
-            "SliceThickness", "ProtocolName")},
+        info={
+            key: str(ds.get(key, "") or "")
+            for key in (
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "PatientSex",
+                "StudyInstanceUID",
+                "StudyDate",
+                "StudyTime",
+                "StudyDescription",
+                "StudyID",
+                "AccessionNumber",
+                "SeriesInstanceUID",
+                "SeriesNumber",
+                "SeriesDescription",
+                "Modality",
+                "Manufacturer",
+                "BodyPartExamined",
+                "DerivationDescription",
+                "SliceThickness",
+                "ProtocolName",
+            )
+        },
     )
     base_position = _vector(ds.get("ImagePositionPatient"), 3)
     base_orientation = _vector(ds.get("ImageOrientationPatient"), 6)
@@ -541,12 +632,17 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
     philips_ss = None
     if "PHILIPS" in manufacturer.upper():
         value = _private(ds, 0x2005, 0x100E)
-        philips_ss = _number(value) if not isinstance(value, (bytes, bytearray)) else (
-            float(np.frombuffer(bytes(value)[:4], "<f4")[0]) if len(value) >= 4 else None)
+        philips_ss = (
+            _number(value)
+            if not isinstance(value, (bytes, bytearray))
+            else (float(np.frombuffer(bytes(value)[:4], "<f4")[0]) if len(value) >= 4 else None)
+        )
     common = dict(
-        series_uid=str(ds.get("SeriesInstanceUID", "") or ""), study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
-        sop_uid=str(ds.get("SOPInstanceUID", "") or ""), instance_number=int(_number(ds.get("InstanceNumber")) or 0),
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        instance_number=int(_number(ds.get("InstanceNumber")) or 0),
         image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType"))),
         philips_scale_slope=philips_ss,
     )
@@ -562,16 +658,27 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
         for item in multiframe.enhanced_frames(ds):
             frame_params = dict(params)
             frame_params.update(item.params)
-            frames.append(Frame(
-                file=file_info, frame_index=item.index, tile=None, rows=file_info.rows, cols=file_info.cols,
-                position=item.position if item.position is not None else (
-                    np.array(base_position) if base_position else None),
-                orientation=item.orientation if item.orientation is not None else (
-                    np.array(base_orientation) if base_orientation else None),
-                pixel_spacing=item.pixel_spacing or spacing,
-                slope=item.slope if item.slope is not None else slope,
-                intercept=item.intercept if item.intercept is not None else intercept,
-                windows=item.windows or windows, params=frame_params, **common))
+            frames.append(
+                Frame(
+                    file=file_info,
+                    frame_index=item.index,
+                    tile=None,
+                    rows=file_info.rows,
+                    cols=file_info.cols,
+                    position=item.position
+                    if item.position is not None
+                    else (np.array(base_position) if base_position else None),
+                    orientation=item.orientation
+                    if item.orientation is not None
+                    else (np.array(base_orientation) if base_orientation else None),
+                    pixel_spacing=item.pixel_spacing or spacing,
+                    slope=item.slope if item.slope is not None else slope,
+                    intercept=item.intercept if item.intercept is not None else intercept,
+                    windows=item.windows or windows,
+                    params=frame_params,
+                    **common,
+                )
+            )
             if item.frame_type:
                 frames[-1].image_type = item.frame_type
         return frames
@@ -582,21 +689,44 @@ def read_frames(path: str | os.PathLike, fast: bool = True) -> list[Frame]:
             frames = []
             for index in range(layout.n_slices):
                 tile = layout.tile(index)
-                frames.append(Frame(
-                    file=file_info, frame_index=None, tile=tile, rows=tile[2], cols=tile[3],
-                    position=layout.positions[index].copy(), orientation=np.array(base_orientation),
-                    pixel_spacing=spacing, slope=slope, intercept=intercept, windows=windows, params=dict(params),
-                    **common))
+                frames.append(
+                    Frame(
+                        file=file_info,
+                        frame_index=None,
+                        tile=tile,
+                        rows=tile[2],
+                        cols=tile[3],
+                        position=layout.positions[index].copy(),
+                        orientation=np.array(base_orientation),
+                        pixel_spacing=spacing,
+                        slope=slope,
+                        intercept=intercept,
+                        windows=windows,
+                        params=dict(params),
+                        **common,
+                    )
+                )
             return frames
 
     frames = []
     for index in range(file_info.number_of_frames):
-        frames.append(Frame(
-            file=file_info, frame_index=index if file_info.number_of_frames > 1 else None, tile=None,
-            rows=file_info.rows, cols=file_info.cols,
-            position=np.array(base_position) if base_position else None,
-            orientation=np.array(base_orientation) if base_orientation else None,
-            pixel_spacing=spacing, slope=slope, intercept=intercept, windows=windows, params=dict(params), **common))
+        frames.append(
+            Frame(
+                file=file_info,
+                frame_index=index if file_info.number_of_frames > 1 else None,
+                tile=None,
+                rows=file_info.rows,
+                cols=file_info.cols,
+                position=np.array(base_position) if base_position else None,
+                orientation=np.array(base_orientation) if base_orientation else None,
+                pixel_spacing=spacing,
+                slope=slope,
+                intercept=intercept,
+                windows=windows,
+                params=dict(params),
+                **common,
+            )
+        )
     if file_info.number_of_frames > 1:
         # Classic multi-frame without functional groups: frames are equally spaced along the normal.
         step = _number(ds.get("SpacingBetweenSlices")) or _number(ds.get("SliceThickness")) or 1.0
@@ -616,8 +746,15 @@ def _round_tuple(values: Iterable[float] | None, digits: int) -> tuple[float, ..
 
 def _split_key(frame: Frame) -> tuple:
     """Frames differing in any of these can never be one volume (Slicer splits on orientation and image type)."""
-    return (frame.study_uid, frame.rows, frame.cols, frame.file.samples_per_pixel,
-            _round_tuple(frame.orientation, 4), _round_tuple(frame.pixel_spacing, 4), _image_kind(frame.image_type))
+    return (
+        frame.study_uid,
+        frame.rows,
+        frame.cols,
+        frame.file.samples_per_pixel,
+        _round_tuple(frame.orientation, 4),
+        _round_tuple(frame.pixel_spacing, 4),
+        _image_kind(frame.image_type),
+    )
 
 
 def _position_groups(frames: list[Frame]) -> tuple[list[list[Frame]], list[float]]:
@@ -641,9 +778,16 @@ def _position_groups(frames: list[Frame]) -> tuple[list[list[Frame]], list[float
 
 def _temporal_key(frame: Frame) -> tuple:
     p = frame.params
-    return (p.get("TemporalPositionIdentifier", 0), p.get("TemporalPositionIndex", 0), p.get("SeriesNumber", 0),
-            p.get("AcquisitionNumber", 0), p.get("AcquisitionTime", 0.0), frame.instance_number,
-            frame.frame_index or 0, frame.file.path)
+    return (
+        p.get("TemporalPositionIdentifier", 0),
+        p.get("TemporalPositionIndex", 0),
+        p.get("SeriesNumber", 0),
+        p.get("AcquisitionNumber", 0),
+        p.get("AcquisitionTime", 0.0),
+        frame.instance_number,
+        frame.frame_index or 0,
+        frame.file.path,
+    )
 
 
 def _volume_params(frame: Frame) -> dict[str, Any]:
@@ -670,18 +814,23 @@ def _make_loadable(frames: list[Frame], name: str, warnings: list[str]) -> Loada
     if n_volumes > 1:
         sort_key = None
         for key in SORTABLE_PARAMETERS:
-            if key in varying and all(len({f.params.get(key) for f in g}) == n_volumes and
-                                      all(f.params.get(key) is not None for f in g) for g in groups):
+            if key in varying and all(
+                len({f.params.get(key) for f in g}) == n_volumes and all(f.params.get(key) is not None for f in g)
+                for g in groups
+            ):
                 sort_key = key
                 break
         for group in groups:
-            ordered = sorted(group, key=(lambda f: (f.params[sort_key], _temporal_key(f))) if sort_key
-                             else _temporal_key)
+            ordered = sorted(
+                group, key=(lambda f: (f.params[sort_key], _temporal_key(f))) if sort_key else _temporal_key
+            )
             for volume, frame in enumerate(ordered):
                 volumes[volume].append(frame)
         if sort_key is None and not varying:
-            warnings.append(f"{n_volumes} images at every position with no differing acquisition parameter; "
-                            "volumes ordered by acquisition time / instance number")
+            warnings.append(
+                f"{n_volumes} images at every position with no differing acquisition parameter; "
+                "volumes ordered by acquisition time / instance number"
+            )
     else:
         volumes[0] = [g[0] for g in groups]
     ordered_frames = [frame for volume in volumes for frame in volume]
@@ -692,8 +841,16 @@ def _make_loadable(frames: list[Frame], name: str, warnings: list[str]) -> Loada
     if not all(f.sop_uid for f in ordered_frames):
         warnings.append("some images have no SOPInstanceUID (anonymised or invalid DICOM)")
     first = ordered_frames[0]
-    return Loadable(name=name, frames=ordered_frames, n_volumes=n_volumes, n_slices=len(groups),
-                    series_uid=first.series_uid, warnings=warnings, varying=varying, per_volume=per_volume)
+    return Loadable(
+        name=name,
+        frames=ordered_frames,
+        n_volumes=n_volumes,
+        n_slices=len(groups),
+        series_uid=first.series_uid,
+        warnings=warnings,
+        varying=varying,
+        per_volume=per_volume,
+    )
 
 
 def _volume_label(frame: Frame, key: str) -> Any:
@@ -710,8 +867,12 @@ def _complete_volumes(groups: list[list[Frame]], warnings: list[str]) -> list[li
     earliest image at each position is kept. Either way the loss is reported, never silent.
     """
     most = max(len(g) for g in groups)
-    for key in SORTABLE_PARAMETERS + ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionNumber",
-                                      "Diffusion"):
+    for key in SORTABLE_PARAMETERS + (
+        "TemporalPositionIdentifier",
+        "TemporalPositionIndex",
+        "AcquisitionNumber",
+        "Diffusion",
+    ):
         labels = [[_volume_label(f, key) for f in g] for g in groups]
         if any(label is None or label == (None, None) for row in labels for label in row):
             continue
@@ -724,14 +885,17 @@ def _complete_volumes(groups: list[list[Frame]], warnings: list[str]) -> list[li
         if not complete:
             break
         kept = [[f for f in g if str(_volume_label(f, key)) in complete] for g in groups]
-        warnings.append(f"{most - len(complete)} incomplete volume(s) (by {key}) left out: images missing at "
-                        f"some of the {len(groups)} positions")
+        warnings.append(
+            f"{most - len(complete)} incomplete volume(s) (by {key}) left out: images missing at "
+            f"some of the {len(groups)} positions"
+        )
         return kept
     fewest = min(len(g) for g in groups)
     warnings.append(
         f"positions repeat an unequal number of times ({fewest} to {most}) and no acquisition parameter tells the "
         f"volumes apart; kept the first {fewest} image(s) in acquisition order at each of the {len(groups)} "
-        "positions (missing images, or repeated slices?)")
+        "positions (missing images, or repeated slices?)"
+    )
     return [sorted(g, key=_temporal_key)[:fewest] for g in groups]
 
 
@@ -750,8 +914,9 @@ def _drop_duplicate_instances(frames: list[Frame], warnings: list[str]) -> list[
         if frame.sop_uid and frame.frame_index is None and frame.tile is None:
             uids[frame.sop_uid] += 1
     if len(kept) != len(frames):
-        warnings.append(f"{len(frames) - len(kept)} file(s) repeat an image (same SOPInstanceUID and position) "
-                        "and were ignored")
+        warnings.append(
+            f"{len(frames) - len(kept)} file(s) repeat an image (same SOPInstanceUID and position) and were ignored"
+        )
     clashes = sum(count - 1 for count in uids.values() if count > 1)
     if clashes:
         warnings.append(f"{clashes} image(s) reuse the SOPInstanceUID of a different image (invalid DICOM)")
@@ -790,8 +955,10 @@ def _sub_series(loadable: Loadable) -> list[Loadable]:
     if loadable.n_volumes > 1:
         return []
     subs = []
-    for label, value_of in (("AcquisitionNumber", lambda f: f.params.get("AcquisitionNumber")),
-                            ("ImageType", lambda f: "\\".join(f.image_type))):
+    for label, value_of in (
+        ("AcquisitionNumber", lambda f: f.params.get("AcquisitionNumber")),
+        ("ImageType", lambda f: "\\".join(f.image_type)),
+    ):
         values: dict[Any, list[Frame]] = defaultdict(list)
         for frame in loadable.frames:
             values[value_of(frame)].append(frame)
@@ -825,9 +992,11 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
         series_frames = _drop_duplicate_instances(series_frames, warnings)
         missing = [f for f in series_frames if f.position is None or f.orientation is None]
         if missing:
-            warnings.append(f"{len(missing)} image(s) lack ImagePositionPatient/ImageOrientationPatient; "
-                            "they were left out" if len(missing) < len(series_frames) else
-                            "images lack ImagePositionPatient/ImageOrientationPatient: geometry is unknown")
+            warnings.append(
+                f"{len(missing)} image(s) lack ImagePositionPatient/ImageOrientationPatient; they were left out"
+                if len(missing) < len(series_frames)
+                else "images lack ImagePositionPatient/ImageOrientationPatient: geometry is unknown"
+            )
             if len(missing) < len(series_frames):
                 series_frames = [f for f in series_frames if f not in missing]
         by_key: dict[tuple, list[Frame]] = defaultdict(list)
@@ -840,8 +1009,10 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
             for tag, index in (("orientation", 4), ("matrix size", 1), ("pixel spacing", 5), ("image type", 6)):
                 if len({k[index] for k in keys}) > 1:
                     kinds.append(tag)
-            warnings.append(f"series split into {len(by_key)} volumes because {', '.join(kinds) or 'geometry'} "
-                            "differ between images")
+            warnings.append(
+                f"series split into {len(by_key)} volumes because {', '.join(kinds) or 'geometry'} "
+                "differ between images"
+            )
         largest = max(len(v) for v in by_key.values())
         for number, (key, group) in enumerate(sorted(by_key.items(), key=lambda kv: -len(kv[1]))):
             group_warnings = list(warnings)
@@ -862,21 +1033,34 @@ def split_into_loadables(frames: list[Frame]) -> list[Loadable]:
     for indices in buckets.values():
         if len(indices) < 2:
             continue
-        param_sets = [{k: v for k, v in _volume_params(pieces[i][0][0]).items()
-                       if k in SORTABLE_PARAMETERS or k in ("DiffusionBValue", "DiffusionGradientOrientation")}
-                      for i in indices]
+        param_sets = [
+            {
+                k: v
+                for k, v in _volume_params(pieces[i][0][0]).items()
+                if k in SORTABLE_PARAMETERS or k in ("DiffusionBValue", "DiffusionGradientOrientation")
+            }
+            for i in indices
+        ]
         distinct = {tuple(sorted((k, str(v)) for k, v in p.items())) for p in param_sets}
         if len(distinct) != len(indices):
             continue  # repeated identical acquisitions stay separate volumes
         differing = {k for p in param_sets for k in p if len({str(q.get(k)) for q in param_sets}) > 1}
-        protocols = {(pieces[i][0][0].file.info.get("SeriesDescription", ""),
-                      pieces[i][0][0].file.info.get("ProtocolName", "")) for i in indices}
+        protocols = {
+            (pieces[i][0][0].file.info.get("SeriesDescription", ""), pieces[i][0][0].file.info.get("ProtocolName", ""))
+            for i in indices
+        }
         if len(differing) > 1 and len(protocols) > 1:
             continue  # e.g. a T1 and a T2 sharing a slice prescription: different images, not one experiment
         frames_all = [f for i in indices for f in pieces[i][0]]
         first = min(indices, key=lambda i: (pieces[i][0][0].params.get("SeriesNumber", 0), i))
-        merged.append((frames_all, pieces[first][1], pieces[first][2] + [
-            f"{len(indices)} series with the same positions merged into one multi-volume loadable"]))
+        merged.append(
+            (
+                frames_all,
+                pieces[first][1],
+                pieces[first][2]
+                + [f"{len(indices)} series with the same positions merged into one multi-volume loadable"],
+            )
+        )
         used.update(indices)
     for index, piece in enumerate(pieces):
         if index not in used:

@@ -88,8 +88,14 @@ def analyse_stack(positions: np.ndarray, iop: np.ndarray, pixel_spacing: tuple[f
     rel = positions - positions[0]
     dist = rel @ n
     geo = StackGeometry(
-        origin=positions[0].copy(), row_dir=r, col_dir=c, normal=n, pixel_spacing=tuple(pixel_spacing),
-        positions=positions, distances=dist, slice_step=0.0,
+        origin=positions[0].copy(),
+        row_dir=r,
+        col_dir=c,
+        normal=n,
+        pixel_spacing=tuple(pixel_spacing),
+        positions=positions,
+        distances=dist,
+        slice_step=0.0,
     )
     count = len(positions)
     if count < 2:
@@ -129,8 +135,7 @@ def analyse_stack(positions: np.ndarray, iop: np.ndarray, pixel_spacing: tuple[f
     return geo
 
 
-def _shifted_plane(src: np.ndarray, dv: float, du: float, shape: tuple[int, int], fill: float,
-                   out: np.ndarray) -> None:
+def _shifted_plane(src: np.ndarray, dv: float, du: float, shape: tuple[int, int], fill: float, out: np.ndarray) -> None:
     """out[j, i] = src[j + dv, i + du] with bilinear interpolation; ``fill`` outside ``src`` (float32 maths)."""
     rows, cols = src.shape
     jv0 = math.floor(dv)
@@ -150,7 +155,7 @@ def _shifted_plane(src: np.ndarray, dv: float, du: float, shape: tuple[int, int]
         sj0, sj1 = max(j_start, 0), min(j_start + out_rows, rows + 2)
         si0, si1 = max(i_start, 0), min(i_start + out_cols, cols + 2)
         if sj1 > sj0 and si1 > si0:
-            block[sj0 - j_start:sj1 - j_start, si0 - i_start:si1 - i_start] = padded[sj0:sj1, si0:si1]
+            block[sj0 - j_start : sj1 - j_start, si0 - i_start : si1 - i_start] = padded[sj0:sj1, si0:si1]
         return block
 
     out[...] = window(0, 0) * ((1 - fv) * (1 - fu))

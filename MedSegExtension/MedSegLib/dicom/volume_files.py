@@ -23,8 +23,14 @@ from ..errors import UserInputError
 if TYPE_CHECKING:
     from .loader import LoadedVolume
 
-NRRD_TYPES = {np.dtype(np.int16): "short", np.dtype(np.float32): "float", np.dtype(np.uint8): "uchar",
-              np.dtype(np.uint16): "ushort", np.dtype(np.int32): "int", np.dtype(np.float64): "double"}
+NRRD_TYPES = {
+    np.dtype(np.int16): "short",
+    np.dtype(np.float32): "float",
+    np.dtype(np.uint8): "uchar",
+    np.dtype(np.uint16): "ushort",
+    np.dtype(np.int32): "int",
+    np.dtype(np.float64): "double",
+}
 SUFFIXES = (".seq.nrrd", ".nii.gz", ".nrrd", ".nii")
 
 
@@ -68,22 +74,41 @@ def _write_nrrd(volume: LoadedVolume, path: Path, compress: bool) -> None:
         name, values = "volume", [str(n) for n in range(t)]
         for key in volume.varying:  # first varying scalar parameter that tells every volume apart
             candidate = [p.get(key) for p in volume.per_volume]
-            if len(candidate) == t and all(isinstance(v, (int, float)) for v in candidate) \
-                    and len(set(candidate)) == t:
+            if len(candidate) == t and all(isinstance(v, (int, float)) for v in candidate) and len(set(candidate)) == t:
                 name, values = key, [f"{float(v):g}" for v in candidate]
                 break
-        unit = {"InversionTime": "ms", "EchoTime": "ms", "RepetitionTime": "ms", "TriggerTime": "ms",
-                "AcquisitionTime": "s", "FlipAngle": "deg"}.get(name, "")
-        lines += ["dimension: 4", "space: left-posterior-superior", f"sizes: {i} {j} {k} {t}",
-                  f"space directions: {directions} none", "kinds: domain domain domain list",
-                  f'labels: "" "" "" "{name}"', f'units: "" "" "" "{unit}"']
-        extra = ["DataNodeClassName:=vtkMRMLScalarVolumeNode", "axis 3 index type:=numeric",
-                 "axis 3 index values:=" + " ".join(values)]
+        unit = {
+            "InversionTime": "ms",
+            "EchoTime": "ms",
+            "RepetitionTime": "ms",
+            "TriggerTime": "ms",
+            "AcquisitionTime": "s",
+            "FlipAngle": "deg",
+        }.get(name, "")
+        lines += [
+            "dimension: 4",
+            "space: left-posterior-superior",
+            f"sizes: {i} {j} {k} {t}",
+            f"space directions: {directions} none",
+            "kinds: domain domain domain list",
+            f'labels: "" "" "" "{name}"',
+            f'units: "" "" "" "{unit}"',
+        ]
+        extra = [
+            "DataNodeClassName:=vtkMRMLScalarVolumeNode",
+            "axis 3 index type:=numeric",
+            "axis 3 index values:=" + " ".join(values),
+        ]
     else:
         k, j, i = array.shape
         data = np.ascontiguousarray(array)
-        lines += ["dimension: 3", "space: left-posterior-superior", f"sizes: {i} {j} {k}",
-                  f"space directions: {directions}", "kinds: domain domain domain"]
+        lines += [
+            "dimension: 3",
+            "space: left-posterior-superior",
+            f"sizes: {i} {j} {k}",
+            f"space directions: {directions}",
+            "kinds: domain domain domain",
+        ]
         extra = []
     lines += ["endian: little", f"encoding: {'gzip' if compress else 'raw'}", f"space origin: {_vector(lps[:3, 3])}"]
     lines += extra
@@ -116,8 +141,14 @@ def _write_nifti_stream(header, array: np.ndarray, path: Path) -> None:
     header.set_data_offset(352)
     header.set_data_dtype(array.dtype)
     header["scl_slope"], header["scl_inter"] = np.nan, np.nan  # stored values are final (no scaling)
-    with open(path, "wb") as raw, (gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1)
-                                   if path.name.endswith(".gz") else contextlib.nullcontext(raw)) as handle:
+    with (
+        open(path, "wb") as raw,
+        (
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1)
+            if path.name.endswith(".gz")
+            else contextlib.nullcontext(raw)
+        ) as handle,
+    ):
         handle.write(header.binaryblock)
         handle.write(b"\0\0\0\0")  # no extensions
         planes = array.reshape((-1,) + array.shape[-2:])
