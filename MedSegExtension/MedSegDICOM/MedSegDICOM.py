@@ -285,12 +285,29 @@ class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
         return MedSegDICOMParameterNode(super().getParameterNode())
 
     @staticmethod
-    def defaultDatabaseFolder() -> Path:
-        """The database the ``medseg dicom`` commands use by default, so panel and command line share it."""
+    def applicationDatabase() -> Any:
+        """3D Slicer's own DICOM database (``slicer.dicomDatabase``) when the application has one open."""
+        database = getattr(slicer, "dicomDatabase", None)
+        return database if database is not None and database.isOpen else None
+
+    @classmethod
+    def defaultDatabaseFolder(cls) -> Path:
+        """Slicer's DICOM database inside the application; headless, the one ``medseg dicom`` uses by default."""
+        applicationDatabase = cls.applicationDatabase()
+        if applicationDatabase is not None:
+            return Path(applicationDatabase.databaseDirectory)
         return Path(_importMedSegLib("MedSegLib.dicom.database").default_database_directory())
 
+    def usesApplicationDatabase(self, databaseFolder: Path) -> bool:
+        """True when ``databaseFolder`` is the application's database: then CTK reads and writes it, not MedSegLib."""
+        applicationDatabase = self.applicationDatabase()
+        return applicationDatabase is not None and os.path.normpath(os.fspath(databaseFolder)) == os.path.normpath(
+            applicationDatabase.databaseDirectory)
+
     def database(self, databaseFolder: Path) -> Any:
-        """The MedSegLib database of ``databaseFolder`` (created if needed, reopened only when the folder changes)."""
+        """The database of ``databaseFolder``: Slicer's ctkDICOMDatabase, or a MedSegLib one (same method names)."""
+        if self.usesApplicationDatabase(databaseFolder):
+            return self.applicationDatabase()
         folder = os.fspath(databaseFolder)
         if self._database is None or folder != self._databaseFolder:
             self.closeDatabase()
@@ -300,13 +317,21 @@ class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
 
     def closeDatabase(self) -> None:
         """Release the database files (module unload, or before its folder is removed)."""
-        if self._database is not None:
+        if self._database is not None and self._database is not self.applicationDatabase():
             self._database.closeDatabase()
         self._database = self._databaseFolder = None
 
     def importFolder(self, databaseFolder: Path, importFolder: Path, copyFiles: bool = False,
                      progress: Optional[Callable[[int, int], None]] = None) -> str:
         """Index every DICOM file under ``importFolder``; returns a one-paragraph summary with warnings."""
+        if self.usesApplicationDatabase(databaseFolder):
+            from DICOMLib import DICOMUtils
+
+            database = self.applicationDatabase()
+            before = database.imagesCount()
+            DICOMUtils.importDicom(os.fspath(importFolder), database, copyFiles)
+            return _("{added} instances added to the 3D Slicer DICOM database.").format(
+                added=database.imagesCount() - before)
         indexer = _importMedSegLib("MedSegLib.dicom.indexer")
         summary = indexer.import_paths(self.database(databaseFolder), [os.fspath(importFolder)],
                                        copy_files=copyFiles, progress=progress)
@@ -318,6 +343,8 @@ class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
 
     def seriesRows(self, databaseFolder: Path) -> List[Dict[str, str]]:
         """One display row per series (patient, study, series, modality, instances, warnings) plus its UID."""
+        if self.usesApplicationDatabase(databaseFolder):
+            return self._applicationSeriesRows(self.applicationDatabase())
         database = _importMedSegLib("MedSegLib.dicom.database")
         rows = []
         for patient in database.describe_database(self.database(databaseFolder)):
@@ -334,6 +361,31 @@ class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
                         "modality": series["modality"],
                         "instances": str(series["instances"]),
                         "warnings": "; ".join(series["warnings"]),
+                    })
+        return rows
+
+    @staticmethod
+    def _applicationSeriesRows(database: Any) -> List[Dict[str, str]]:
+        """Rows from a ctkDICOMDatabase through its own API; warnings come from MedSeg's series examination."""
+        loader = _importMedSegLib("MedSegLib.dicom.loader")
+        rows = []
+        for patient in database.patients():
+            patientText = database.displayedNameForPatient(patient) or database.nameForPatient(patient)
+            for study in database.studiesForPatient(patient):
+                studyText = " ".join(filter(None, [database.fieldForStudy("StudyDate", study),
+                                                   database.descriptionForStudy(study)]))
+                for series in database.seriesForStudy(study):
+                    files = database.filesForSeries(series)
+                    warnings = [w for loadable in loader.examine_files(files) for w in loadable.warnings]
+                    rows.append({
+                        "seriesUID": series,
+                        "patient": patientText,
+                        "study": studyText,
+                        "series": " ".join(filter(None, [database.fieldForSeries("SeriesNumber", series),
+                                                         database.descriptionForSeries(series)])),
+                        "modality": database.fieldForSeries("Modality", series),
+                        "instances": str(len(files)),
+                        "warnings": "; ".join(dict.fromkeys(warnings)),
                     })
         return rows
 
