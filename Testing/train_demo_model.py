@@ -55,11 +55,11 @@ VAL_GEOMETRIES = [((60, 120, 120), (4.0, 3.0, 3.0), 50)]
 
 
 def phantom_case(shape, spacing, seed, preprocessing):
+    import numpy as np
+
     from MedSegLib.deep_learning.training import prepare_case
     from MedSegLib.sample_data import make_ct_phantom
     from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
-
-    import numpy as np
 
     phantom = make_ct_phantom(shape=shape, spacing_mm=spacing, seed=seed)
     spacing_ijk = tuple(reversed(phantom.spacing))
@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint (no resume)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/training/ (to resume later)")
     args = parser.parse_args()
 
     import torch
@@ -84,7 +85,9 @@ def main() -> int:
     started = time.perf_counter()
     cases = [phantom_case(s, sp, seed, PREPROCESSING) for s, sp, seed in TRAIN_GEOMETRIES]
     val_cases = [phantom_case(s, sp, seed, PREPROCESSING) for s, sp, seed in VAL_GEOMETRIES]
-    print(f"{len(cases)} training / {len(val_cases)} validation phantoms ready in {time.perf_counter() - started:.1f} s")
+    print(
+        f"{len(cases)} training / {len(val_cases)} validation phantoms ready in {time.perf_counter() - started:.1f} s"
+    )
     config = TrainConfig(
         labels=LABELS,
         out_dir=str(args.out),
@@ -116,7 +119,8 @@ def main() -> int:
     work = args.out / "training"
     if (work / "training_log.csv").is_file():
         shutil.copyfile(work / "training_log.csv", args.out / "training_log.csv")
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.perf_counter() - started:.0f} s: {summary}")
     return 0
 

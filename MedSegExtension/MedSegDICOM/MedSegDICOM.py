@@ -150,6 +150,15 @@ class MedSegDICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadButton.connect("clicked(bool)", self.onLoadButton)
         self.ui.seriesTable.connect("itemSelectionChanged()", self._updateButtonStates)
 
+        try:
+            self.ui.pacsNodeComboBox.addItems([""] + self.logic.pacsNodeNames())
+        except Exception as error:  # a broken settings file must not break the panel: say so and go on
+            self._setStatus(str(error))
+        self.ui.pacsNodeComboBox.connect("currentIndexChanged(int)", self.onPacsNodeChanged)
+        self.ui.pacsEchoButton.connect("clicked(bool)", self.onPacsEchoButton)
+        self.ui.queryButton.connect("clicked(bool)", self.onQueryButton)
+        self.ui.retrieveButton.connect("clicked(bool)", self.onRetrieveButton)
+
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -266,6 +275,70 @@ class MedSegDICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             warningCount = sum(len(warnings) for warnings in warningsBySeries.values())
             self._setStatus(_("Loaded {nodes} volume(s), {warnings} warning(s).").format(
                 nodes=len(nodes), warnings=warningCount))
+
+
+    # ------------------------------------------------------------------ Query PACS
+    def _pacsNodeFromPanel(self) -> Any:
+        return self.logic.pacsNode(self.ui.pacsNodeComboBox.currentText, self.ui.pacsHostLineEdit.text,
+                                   self.ui.pacsPortSpinBox.value, self.ui.pacsCalledAetLineEdit.text,
+                                   self.ui.pacsWebUrlLineEdit.text)
+
+    def onPacsNodeChanged(self, index: int) -> None:
+        name = self.ui.pacsNodeComboBox.currentText
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not read the PACS settings."), waitCursor=True):
+            node = self.logic.pacsNode(name)
+            self.ui.pacsHostLineEdit.text = node.host
+            self.ui.pacsPortSpinBox.value = int(node.port)
+            self.ui.pacsCalledAetLineEdit.text = node.ae_title
+            self.ui.pacsWebUrlLineEdit.text = node.web_url
+
+    def onPacsEchoButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The PACS did not answer."), waitCursor=True):
+            seconds = self.logic.echoPacs(self._pacsNodeFromPanel())
+            self._setStatus(_("PACS answered in {ms} ms.").format(ms=round(seconds * 1000)))
+
+    def onQueryButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("PACS query failed."), waitCursor=True):
+            level = self.ui.queryLevelComboBox.currentText.lower()
+            filters = {"patient_id": self.ui.queryPatientIdLineEdit.text,
+                       "patient_name": self.ui.queryPatientNameLineEdit.text,
+                       "study_date": self.ui.queryStudyDateLineEdit.text,
+                       "modality": self.ui.queryModalityLineEdit.text}
+            if level == "patient":
+                filters = {key: filters[key] for key in ("patient_id", "patient_name")}
+            rows = self.logic.queryPacs(self._pacsNodeFromPanel(), level, filters)
+            self._fillQueryTable(level, rows)
+            self._setStatus(_("{count} match(es) on the PACS.").format(count=len(rows)))
+
+    def _fillQueryTable(self, level: str, rows: List[Dict[str, str]]) -> None:
+        columns = MedSegDICOMLogic.QUERY_COLUMNS[level]
+        table = self.ui.queryResultsTable
+        table.setRowCount(0)
+        table.setColumnCount(len(columns))
+        table.setHorizontalHeaderLabels(columns)
+        table.setRowCount(len(rows))
+        uidKey = {"patient": "", "study": "StudyInstanceUID", "series": "SeriesInstanceUID"}[level]
+        for rowIndex, row in enumerate(rows):
+            for columnIndex, key in enumerate(columns):
+                item = qt.QTableWidgetItem(row.get(key, ""))
+                table.setItem(rowIndex, columnIndex, item)
+            table.item(rowIndex, 0).setData(qt.Qt.UserRole, row.get(uidKey, "") if uidKey else "")
+        table.resizeColumnsToContents()
+
+    def onRetrieveButton(self) -> None:
+        table = self.ui.queryResultsTable
+        rows = sorted({index.row() for index in table.selectedIndexes()})
+        uids = [uid for uid in (table.item(row, 0).data(qt.Qt.UserRole) for row in rows) if uid]
+        if not uids:
+            self._setStatus(_("Select studies or series in the query results first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Retrieving from the PACS failed."), waitCursor=True):
+            messages = [self.logic.retrieveFromPacs(self._pacsNodeFromPanel(), uid, self._parameterNode.databaseFolder,
+                                                    self.ui.retrieveMethodComboBox.currentText) for uid in uids]
+            self._refreshTable()
+            self._setStatus("\n".join(messages))
 
 
 #
@@ -405,6 +478,66 @@ class MedSegDICOMLogic(ScriptedLoadableModuleLogic):
         return nodes, warningsBySeries
 
 
+    # ------------------------------------------------------------------ PACS (MedSegLib.pacs)
+    QUERY_COLUMNS = {
+        "patient": ["PatientID", "PatientName", "PatientBirthDate", "NumberOfPatientRelatedStudies"],
+        "study": ["StudyDate", "PatientID", "PatientName", "ModalitiesInStudy", "StudyDescription",
+                  "StudyInstanceUID"],
+        "series": ["Modality", "SeriesNumber", "SeriesDescription", "NumberOfSeriesRelatedInstances",
+                   "SeriesInstanceUID"],
+    }
+
+    @staticmethod
+    def pacsNodeNames() -> List[str]:
+        """Names of the nodes in MedSeg's PACS settings file."""
+        return sorted(_importMedSegLib("MedSegLib.pacs.nodes").load_nodes())
+
+    @staticmethod
+    def pacsNode(name: str = "", host: str = "", port: int = 0, calledAet: str = "", webUrl: str = "") -> Any:
+        """A configured node by name, with the panel's non-empty fields taking precedence."""
+        nodes = _importMedSegLib("MedSegLib.pacs.nodes")
+        return nodes.resolve_node(name or None, host or None, int(port) if port else None, calledAet or None,
+                                  None, webUrl or None)
+
+    @staticmethod
+    def echoPacs(node: Any) -> float:
+        """Round trip in seconds (C-ECHO, or a one-result QIDO-RS for a DICOMweb-only node)."""
+        import time
+
+        if node.web_url and not node.ae_title:
+            started = time.perf_counter()
+            _importMedSegLib("MedSegLib.pacs.dicomweb").search(node, "study", limit=1)
+            return time.perf_counter() - started
+        return _importMedSegLib("MedSegLib.pacs.dimse").echo(node)
+
+    @staticmethod
+    def queryPacs(node: Any, level: str, filters: Dict[str, str]) -> List[Dict[str, str]]:
+        """C-FIND (or QIDO-RS when the node has a DICOMweb URL) at patient, study or series level."""
+        if node.web_url:
+            return _importMedSegLib("MedSegLib.pacs.dicomweb").search(node, level, filters)
+        return _importMedSegLib("MedSegLib.pacs.dimse").find(node, level, filters)
+
+    def retrieveFromPacs(self, node: Any, uid: str, databaseFolder: Path, method: str = "C-GET") -> str:
+        """Retrieve a study/series straight into the database; Slicer's own database gets it through CTK."""
+        if self.usesApplicationDatabase(databaseFolder):
+            with tempfile.TemporaryDirectory(prefix="MedSegRetrieve-") as stagingFolder:
+                result = self._retrieve(node, uid, Path(stagingFolder), method)
+                self.importFolder(databaseFolder, Path(stagingFolder) / "dicom", copyFiles=True)
+        else:
+            self.closeDatabase()  # the retrieve indexes through its own connection
+            result = self._retrieve(node, uid, Path(databaseFolder), method)
+        return _("{method}: {count} instance(s) of {level} {uid} retrieved in {seconds:.1f} s.").format(
+            method=method, count=result.received, level=result.level, uid=uid, seconds=result.elapsed_s)
+
+    @staticmethod
+    def _retrieve(node: Any, uid: str, databaseFolder: Path, method: str) -> Any:
+        if method == "WADO-RS":
+            return _importMedSegLib("MedSegLib.pacs.dicomweb").retrieve(node, uid, databaseFolder)
+        dimse = _importMedSegLib("MedSegLib.pacs.dimse")
+        if method == "C-MOVE":
+            return dimse.move(node, uid, databaseFolder)
+        return dimse.get(node, uid, databaseFolder)
+
 #
 # MedSegDICOMTest
 #
@@ -421,6 +554,8 @@ class MedSegDICOMTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_MedSegDICOM_importAndLoad()
+        self.setUp()
+        self.test_MedSegDICOM_pacsErrorsAreClear()
         self.setUp()
         self.test_MedSegDICOM_selftests()
 
@@ -442,6 +577,22 @@ class MedSegDICOMTest(ScriptedLoadableModuleTest):
             self.assertEqual(slicer.util.arrayFromVolume(nodes[0]).shape, (8, 32, 32))
             self.assertEqual(warnings, {rows[0]["seriesUID"]: []})
             logic.closeDatabase()
+
+    def test_MedSegDICOM_pacsErrorsAreClear(self) -> None:
+        """A PACS that is not there gives one readable error quickly, never a hang."""
+        import socket
+        import time
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closedPort = probe.getsockname()[1]
+        logic = MedSegDICOMLogic()
+        node = logic.pacsNode("", "127.0.0.1", closedPort, "ORTHANC")
+        started = time.perf_counter()
+        with self.assertRaises(Exception) as caught:
+            logic.queryPacs(node, "study", {"patient_id": "X"})
+        self.assertIn("connection refused", str(caught.exception))
+        self.assertLess(time.perf_counter() - started, node.timeout_s)
 
     def test_MedSegDICOM_selftests(self) -> None:
         try:

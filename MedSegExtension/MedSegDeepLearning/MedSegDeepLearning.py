@@ -1,7 +1,7 @@
 """MedSeg Deep Learning: run a trained segmentation network on a volume (sliding-window inference).
 
 Model loading, pre-processing, patch inference and label import live in
-``MedSegLib.deep_learning.inference`` and are shared with the ``medseg infer`` command.
+``MedSegLib.deep_learning.inference`` and are shared with the ``medseg deepseg infer`` command.
 """
 
 import importlib
@@ -90,7 +90,7 @@ processed patch by patch with a sliding window (the overlap sets how much neighb
 and every label of the model becomes a segment of the output segmentation. Runs on the GPU (CUDA) when
 available, else on the CPU; Cancel stops after the current patch.
 <br><br>Command-line equivalent:
-<code>medseg infer VOLUME --model MODEL --device auto --overlap 0.25 -o seg.seg.nrrd</code>.
+<code>medseg deepseg infer VOLUME --model MODEL --device cpu --overlap 0.25 -o seg.seg.nrrd</code>.
 """)
         self.parent.acknowledgementText = _("""
 Inference with PyTorch (and MONAI-style sliding-window inference); segmentations use 3D Slicer's
@@ -99,7 +99,7 @@ segmentation infrastructure.
         _useSourceTreeIcon(self)
 
 
-INFERENCE_DEVICES = ("auto", "cpu", "cuda")
+INFERENCE_DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 #
@@ -148,6 +148,9 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.runButton.connect("clicked(bool)", self.onRunButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
+        self.ui.installedModelComboBox.connect("activated(int)", self.onInstalledModelChosen)
+        self._refreshInstalledModels()
 
         self.initializeParameterNode()
 
@@ -226,6 +229,33 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._cancelToken = None
             self._updateButtonStates()
 
+    def _refreshInstalledModels(self) -> None:
+        self.ui.installedModelComboBox.clear()
+        try:
+            models = self.logic.installedModels()
+        except RuntimeError as error:  # torch / MONAI missing: the panel still opens
+            self.ui.installedModelComboBox.toolTip = str(error)
+            return
+        for name, path in models:
+            self.ui.installedModelComboBox.addItem(name, path)
+
+    def onInstalledModelChosen(self, index: int) -> None:
+        path = self.ui.installedModelComboBox.itemData(index)
+        if path and self._parameterNode:
+            self._parameterNode.modelPath = Path(path)
+
+    def onImportModelButton(self) -> None:
+        path = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Model folder (MedSeg package, MONAI bundle, nnU-Net)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Model import failed."), waitCursor=True):
+            installedPath = self.logic.importModel(path)
+            self._refreshInstalledModels()
+            if self._parameterNode:
+                self._parameterNode.modelPath = Path(installedPath)
+            self.ui.statusLabel.text = _("Installed {path}").format(path=installedPath)
+
     def onCancelButton(self) -> None:
         if self._cancelToken is not None:
             self._cancelToken.cancel()
@@ -256,6 +286,18 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
 
         return MedSegSegmentationLogic.ensureOutputSegmentation(inputVolume, segmentation)
 
+    @staticmethod
+    def installedModels() -> List[Any]:
+        """(name, folder) of the models in the user model dir and the shipped ones."""
+        packages = _importMedSegLib("MedSegLib.deep_learning.model_package")
+        return [(package.name, str(package.root)) for package in packages.list_models()]
+
+    @staticmethod
+    def importModel(path: str) -> str:
+        """Install a model folder or zip into the user model dir; returns the installed folder."""
+        packages = _importMedSegLib("MedSegLib.deep_learning.model_package")
+        return str(packages.install_model(path, overwrite=True).root)
+
     def run(self, inputVolume, modelPath: Path, outputSegmentation, device: str = "auto", overlap: float = 0.25,
             progressCallback=None, cancelToken=None) -> List[str]:
         """Sliding-window inference; one segment per model label. Returns the segment IDs.
@@ -283,7 +325,7 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
 class MedSegDeepLearningTest(ScriptedLoadableModuleTest):
     """Deep-learning panel logic in the application, plus MedSegLib's self-tests."""
 
-    SELFTEST_MODULE = "MedSegLib.selftests.runtime_selftests"
+    SELFTEST_MODULE = "MedSegLib.selftests.deep_learning_selftests"
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()

@@ -1,6 +1,6 @@
 """MedSeg Quantitative MRI: voxel-wise relaxometry fits (T1 by IR, VFA or Look-Locker; T2; T2*).
 
-The signal models and fitting live in ``MedSegLib.qmri.fitting`` and are shared with ``medseg qmri fit``.
+The signal models and fitting live in ``MedSegLib.qmri`` and are shared with ``medseg qmri t1|t2|t2star``.
 """
 
 import importlib
@@ -84,15 +84,17 @@ class MedSegQuantitativeMRI(ScriptedLoadableModule):
         self.parent.dependencies = ["Sequences", "Segmentations"]
         self.parent.contributors = ["MedSeg developers (MedSeg project)"]
         self.parent.helpText = _("""
-Fit a relaxation model voxel by voxel to a multi-volume MR series (a sequence node with one volume per
-inversion time, flip angle or echo time): inversion recovery T1, variable flip angle T1 (needs TR),
-Look-Locker T1, spin-echo T2 and T2*. Acquisition values are read from the sequence (DICOM) unless typed
-in. An optional mask segment restricts the fit; outputs are the parameter map in ms and a goodness-of-fit map.
-<br><br>Command-line equivalent: <code>medseg qmri fit SERIES_DIR --model ir -o t1.nrrd</code>.
+Fit a relaxation model in every voxel of a multi-volume MR series (a sequence node with one volume per
+inversion time, flip angle or echo time): inversion recovery T1 (with polarity restoration), variable flip angle
+T1 (needs TR), MOLLI/Look-Locker T1, spin-echo T2 (mono-exponential or EPG with B1) and T2*. Acquisition values
+are read from the sequence (DICOM) unless typed in. An optional mask segment restricts the fit (default: Otsu).
+Outputs: the parameter map in ms, M0, R^2 (quality), RMSE and a fit-status map (0 = fitted; bit flags for masked,
+invalid input, at search bound, not converged, degenerate, polarity ambiguous, outside physical range).
+<br><br>Command-line equivalent: <code>medseg qmri t1 --method ir SERIES_DIR -o OUT_DIR</code>.
 """)
         self.parent.acknowledgementText = _("""
 Signal models follow the qMRI literature (Barral et al. 2010 for IR; Deoni et al. 2003 for VFA/DESPOT1;
-Deichmann and Haase 1992 for Look-Locker); fits use NumPy/SciPy.
+Messroghli et al. 2004 for MOLLI; Hennig 1988 and Weigel 2015 for EPG); fits are vectorised variable projection.
 """)
         _useSourceTreeIcon(self)
 
@@ -101,9 +103,10 @@ Deichmann and Haase 1992 for Look-Locker); fits use NumPy/SciPy.
 QMRI_MODELS = {
     "IR": "ir",
     "VFA": "vfa",
-    "LookLocker": "look_locker",
-    "T2 SE": "t2_se",
-    "T2*": "t2_star",
+    "MOLLI": "molli",
+    "T2 SE": "t2",
+    "T2 EPG": "epg",
+    "T2*": "t2star",
 }
 
 
@@ -267,7 +270,7 @@ class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
 
 class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
-    """Input checks and output nodes for the panel; the fitting itself is MedSegLib.qmri.fitting."""
+    """Input checks and output nodes for the panel; the fitting itself is MedSegLib.qmri.pipeline."""
 
     def getParameterNode(self) -> MedSegQuantitativeMRIParameterNode:
         return MedSegQuantitativeMRIParameterNode(super().getParameterNode())
@@ -311,16 +314,16 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
                 given=len(acquisitionValues), count=count))
         if modelId == "vfa" and repetitionTime <= 0:
             raise ValueError(_("The VFA model needs the repetition time TR (ms)."))
-        fitting = _importMedSegLib("MedSegLib.qmri.fitting")
-        if outputMap is None:
-            scene = inputSequence.GetScene() or slicer.mrmlScene
-            outputMap = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{inputSequence.GetName()} {model} map")
+        pipeline = _importMedSegLib("MedSegLib.qmri.pipeline")
         mask = (maskSegmentation, maskSegmentID) if maskSegmentation is not None and maskSegmentID else None
-        fitting.fit_sequence_node(
-            inputSequence, model=modelId, acquisition_values=acquisitionValues,
-            repetition_time_ms=repetitionTime or None, mask=mask, output_map=outputMap,
-            output_quality=outputQuality, progress=progressCallback, cancel=cancelToken)
-        return outputMap, outputQuality
+        primary = {"ir": "T1", "vfa": "T1", "molli": "T1", "t2": "T2", "epg": "T2", "t2star": "T2star"}[modelId]
+        reuse = {name: node for name, node in ((primary, outputMap), ("R2", outputQuality)) if node is not None}
+        result, nodes = pipeline.fit_sequence_node(
+            inputSequence, modelId, acquisition_values=acquisitionValues,
+            repetition_time_ms=repetitionTime or None, mask=mask, output_nodes=reuse,
+            progress=progressCallback, cancel=cancelToken)
+        self.lastResult = result
+        return nodes[primary], nodes["R2"]
 
 
 #
@@ -331,7 +334,7 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
 class MedSegQuantitativeMRITest(ScriptedLoadableModuleTest):
     """Input checks of the qMRI panel logic in the application, plus MedSegLib's self-tests."""
 
-    SELFTEST_MODULE = "MedSegLib.selftests.runtime_selftests"
+    SELFTEST_MODULE = "MedSegLib.selftests.qmri_selftests"
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()

@@ -27,6 +27,8 @@ COMMAND_MODULES: List[str] = [
     "MedSegLib.cli.deepseg_command",
     "MedSegLib.cli.pacs_command",
     "MedSegLib.cli.export_command",
+    "MedSegLib.cli.run_command",
+    "MedSegLib.cli.report_command",
 ]
 
 EXIT_OK = 0

@@ -33,10 +33,13 @@ def _floats(text: str) -> List[float]:
         raise argparse.ArgumentTypeError(f"expected numbers, got {text!r}") from None
 
 
-def _value_list(values: Optional[List[List[float]]]) -> Optional[List[float]]:
+def _value_list(values: Any) -> Optional[List[float]]:
+    """Flatten ``--ti 50 100,200 --ti 400`` style values (append + nargs + comma lists)."""
     if not values:
         return None
-    return [v for group in values for v in group]
+    if isinstance(values, (int, float)):
+        return [float(values)]
+    return [v for group in values for v in (_value_list(group) or [])]
 
 
 def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +180,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         median = summary[f"median_{result.primary}"]
-        print(f"{result.primary}: {summary['voxels']['fitted']} voxels fitted"
-              + (f", median {median:.1f} ms" if median is not None else "") + f"; maps in {args.output}")
+        print(
+            f"{result.primary}: {summary['voxels']['fitted']} voxels fitted"
+            + (f", median {median:.1f} ms" if median is not None else "")
+            + f"; maps in {args.output}"
+        )
     return 0
 
 
@@ -186,8 +192,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder, series UID (--db) or volume file(s)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (one file per map)")
     parser.add_argument("--format", choices=FORMATS, default="nrrd", help="map file format (default nrrd)")
-    parser.add_argument("--mask", default="auto", metavar="auto|none|FILE",
-                        help="auto: Otsu on the brightest image (default); none; or a label/mask volume")
+    parser.add_argument(
+        "--mask",
+        default="auto",
+        metavar="auto|none|FILE",
+        help="auto: Otsu on the brightest image (default); none; or a label/mask volume",
+    )
     parser.add_argument("--db", metavar="DIR", help="DICOM database folder for series UIDs")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
@@ -195,25 +205,36 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("qmri", help="quantitative MRI maps: T1, T2, T2*",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "qmri",
+        help="quantitative MRI maps: T1, T2, T2*",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kinds = parser.add_subparsers(dest="qmri_kind", metavar="MAP", required=True)
 
     t1 = kinds.add_parser("t1", help="T1 by inversion recovery, variable flip angle or Look-Locker/MOLLI")
     t1.add_argument("--method", choices=("ir", "vfa", "molli"), default="ir")
-    t1.add_argument("--ti", type=_floats, action="append", metavar="MS", help="inversion times (ir, molli)")
-    t1.add_argument("--fa", type=_floats, action="append", metavar="DEG", help="flip angles (vfa)")
-    t1.add_argument("--tr", type=_floats, action="append", metavar="MS", help="repetition time, one or per image")
+    t1.add_argument("--ti", type=_floats, nargs="+", action="append", metavar="MS", help="inversion times (ir, molli)")
+    t1.add_argument("--fa", type=_floats, nargs="+", action="append", metavar="DEG", help="flip angles (vfa)")
+    t1.add_argument(
+        "--tr", type=_floats, nargs="+", action="append", metavar="MS", help="repetition time, one or per image"
+    )
     t1.add_argument("--b1", metavar="FILE|FACTOR", help="B1 map (factor or percent) or one factor (vfa)")
     t1.add_argument("--signed", action="store_true", help="images are real/phase-corrected: no polarity restoration")
-    t1.add_argument("--time-offset", type=float, default=0.0, metavar="MS",
-                    help="molli: inversion delay minus the first time label (trigger-time labels)")
+    t1.add_argument(
+        "--time-offset",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="molli: inversion delay minus the first time label (trigger-time labels)",
+    )
     t1.add_argument("--vfa-fit", choices=("nonlinear", "linear"), default="nonlinear")
     _common(t1)
 
     t2 = kinds.add_parser("t2", help="T2 from a multi-echo spin echo")
     t2.add_argument("--method", choices=("mono", "loglinear", "epg"), default="mono")
-    t2.add_argument("--te", type=_floats, action="append", metavar="MS", help="echo times")
+    t2.add_argument("--te", type=_floats, nargs="+", action="append", metavar="MS", help="echo times")
     t2.add_argument("--offset", action="store_true", help="fit a constant offset (noise floor)")
     t2.add_argument("--drop-first-echo", action="store_true", help="ignore the first echo (imperfect refocusing)")
     t2.add_argument("--b1", metavar="FILE|FACTOR", help="epg: fix B1 instead of fitting it")
@@ -223,6 +244,6 @@ def register(subparsers: Any) -> None:
 
     t2star = kinds.add_parser("t2star", help="T2* / R2* from a multi-echo gradient echo")
     t2star.add_argument("--method", choices=("mono", "loglinear"), default="mono")
-    t2star.add_argument("--te", type=_floats, action="append", metavar="MS", help="echo times")
+    t2star.add_argument("--te", type=_floats, nargs="+", action="append", metavar="MS", help="echo times")
     t2star.add_argument("--offset", action="store_true", help="fit a constant offset (noise floor)")
     _common(t2star)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,6 +45,35 @@ def select_device(requested: str = "auto") -> Any:
     return torch.device(requested)
 
 
+def optimize_for_cpu(net: Any, example: Any, tolerance: float = 1e-5) -> Tuple[Any, str]:
+    """Trace + freeze + ``optimize_for_inference`` (oneDNN layouts, folded constants) when it is exact.
+
+    Measured about 2x per window for MONAI's UNet on CPU at identical output (see the benchmark). The
+    optimised module is used only if it reproduces the eager output on ``example`` within ``tolerance``
+    (relative to the output's magnitude); otherwise the eager network is returned. Returns (net, note).
+    """
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            scripted = net if isinstance(net, torch.jit.ScriptModule) else torch.jit.trace(net, example)
+            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+            with torch.inference_mode():
+                reference = net(example)
+                candidate = optimized(example)
+                candidate = optimized(example)  # second call: the one that runs the optimised graph
+    except Exception as error:  # noqa: BLE001 - any failure means: keep the eager network
+        return net, f"eager (optimisation failed: {type(error).__name__})"
+    scale = max(1.0, float(reference.abs().max()))
+    difference = float((candidate.float() - reference.float()).abs().max())
+    if candidate.shape != reference.shape or not difference <= tolerance * scale:
+        return net, f"eager (optimised graph differed by {difference:.2g})"
+    return optimized, "traced+frozen"
+
+
 @dataclass
 class InferenceResult:
     """Labels on the source grid (k, j, i), 0 = background, i = package label i."""
@@ -54,6 +83,7 @@ class InferenceResult:
     timings: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     windows: int = 0
+    network_mode: str = "eager"  # or "traced+frozen" (see optimize_for_cpu)
 
 
 def predict_labels(
@@ -68,8 +98,12 @@ def predict_labels(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     network: Any = None,
+    optimize: bool = True,
 ) -> InferenceResult:
-    """Segment source arrays (one per model input channel, same grid) with ``package``."""
+    """Segment source arrays (one per model input channel, same grid) with ``package``.
+
+    ``optimize`` (CPU only) runs a traced, frozen copy of the network when it reproduces the eager output.
+    """
     import torch
 
     if len(channels_kji) != package.in_channels:
@@ -84,6 +118,10 @@ def predict_labels(
     t = time.perf_counter()
     torch_device = select_device(device)
     net = network if network is not None else package.load_network(torch_device)
+    note = "eager"
+    if optimize and torch_device.type == "cpu" and not amp:
+        probe = torch.rand((1, package.in_channels, *package.roi_size), generator=torch.Generator().manual_seed(0))
+        net, note = optimize_for_cpu(net, probe)
     timings["load model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -110,7 +148,7 @@ def predict_labels(
     labels = _restore(labels_net, prepared)
     probs = {name: _restore(p, prepared) for name, p in probs_net.items()} if probs_net is not None else None
     timings["postprocess"] = time.perf_counter() - t
-    return InferenceResult(labels, probs, timings, str(torch_device), windows)
+    return InferenceResult(labels, probs, timings, str(torch_device), windows, note)
 
 
 def _restore(array_net: np.ndarray, prepared: PreparedInput) -> np.ndarray:
@@ -142,9 +180,7 @@ def _predict_network_space(
 
     out_shape = prepared.network_shape_before_resample()
     labels = np.zeros(out_shape, dtype=np.uint8 if package.out_channels <= 256 else np.uint16)
-    probs = (
-        {label.name: np.zeros(out_shape, dtype=np.uint8) for label in package.labels} if probabilities else None
-    )
+    probs = {label.name: np.zeros(out_shape, dtype=np.uint8) for label in package.labels} if probabilities else None
     resample = tuple(prepared.tensor.shape[1:]) != tuple(out_shape)
     resizer = StreamingLinearResizer(prepared.tensor.shape[1], out_shape) if resample else None
     counted = {"windows": 0}
@@ -209,7 +245,9 @@ def labels_to_segmentation(
     runtime = boot()
     scene = reference_volume.GetScene()
     if segmentation is None:
-        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{reference_volume.GetName()} {package.name}")
+        segmentation = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{reference_volume.GetName()} {package.name}"
+        )
         segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     seg = segmentation.GetSegmentation()

@@ -15,6 +15,7 @@ model; models shipped with MedSeg live in ``Resources/Models``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -320,6 +321,7 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> List[LabelSpec]:
 def _extract_zip(path: Path) -> Path:
     """Unpack a zipped package to a temporary folder; returns the folder that holds the manifest."""
     target = Path(tempfile.mkdtemp(prefix="medseg-model-"))
+    atexit.register(shutil.rmtree, target, True)  # the package is read from here until the process ends
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():

@@ -83,9 +83,7 @@ def orientation_transform(ijk_to_ras: np.ndarray, orientation: Optional[str]) ->
     return AxisTransform(perm, flips)  # type: ignore[arg-type]
 
 
-def foreground_bbox(
-    array: np.ndarray, threshold: float, margin: Sequence[int]
-) -> Optional[Tuple[slice, slice, slice]]:
+def foreground_bbox(array: np.ndarray, threshold: float, margin: Sequence[int]) -> Optional[Tuple[slice, slice, slice]]:
     """Bounding box (with margin, clipped) of voxels above ``threshold``; None when nothing is above."""
     mask = array > threshold
     slices = []
@@ -125,7 +123,9 @@ def normalize(array: np.ndarray, config: Dict[str, Any]) -> np.ndarray:
     raise UserInputError(f"unknown normalisation {kind!r}")
 
 
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Optional[Sequence[float]]) -> Tuple[int, ...]:
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], target: Optional[Sequence[float]]
+) -> Tuple[int, ...]:
     """nnU-Net's rule: round(n * spacing / target), at least 1."""
     if target is None:
         return tuple(int(n) for n in shape)

@@ -52,7 +52,9 @@ class WindowPlan:
         return math.prod(len(s) for s in self.starts)
 
 
-def plan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Union[float, Sequence[float]]) -> WindowPlan:
+def plan_windows(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: Union[float, Sequence[float]]
+) -> WindowPlan:
     """MONAI's ``_get_scan_interval`` + ``dense_patch_slices`` + padding rule, without MONAI."""
     ndim = len(image_size)
     roi = tuple(int(r) if r is not None and int(r) > 0 else int(s) for r, s in zip(roi_size, image_size))
@@ -79,7 +81,9 @@ def plan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Un
     return WindowPlan(tuple(int(s) for s in image_size), padded, roi, pad_before, tuple(starts))
 
 
-def importance_map(roi_size: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125, device: Any = "cpu") -> Any:
+def importance_map(
+    roi_size: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125, device: Any = "cpu"
+) -> Any:
     """MONAI's ``compute_importance_map``: separable Gaussian centred at (p-1)/2, sigma = scale*p, floor 1e-3."""
     import torch
 
@@ -147,8 +151,10 @@ def iter_sliding_window_slabs(
         pad = []
         for d in reversed(diffs):
             pad.extend([d // 2, d - d // 2])
-        image = F.pad(image[None], pad=pad, mode=padding_mode, value=cval)[0] if padding_mode == "constant" else (
-            F.pad(image[None], pad=pad, mode=padding_mode)[0]
+        image = (
+            F.pad(image[None], pad=pad, mode=padding_mode, value=cval)[0]
+            if padding_mode == "constant"
+            else (F.pad(image[None], pad=pad, mode=padding_mode)[0])
         )
     image = image.float() if image.dtype != torch.float32 else image
     weight = importance_map(roi, mode, sigma_scale, device=device)

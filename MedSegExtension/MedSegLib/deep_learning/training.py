@@ -155,9 +155,9 @@ def prepare_case(
     label_map: Optional[Dict[int, int]] = None,
 ) -> TrainingCase:
     """Apply the model's preprocessing to an image and (nearest) to its labels; remap label values."""
-    from MedSegLib.deep_learning.preprocessing import prepare_input, resize_linear
-
     import torch
+
+    from MedSegLib.deep_learning.preprocessing import prepare_input, resize_linear
 
     prepared = prepare_input(list(channels_kji), ijk_to_ras, preprocessing)
     labels = np.asarray(labels_kji)
@@ -318,7 +318,9 @@ def train(
     out_dir = Path(config.out_dir)
     rank, world = _distributed()
     distributed = world > 1
-    device = torch.device(config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if distributed:
         import torch.distributed as dist
 

@@ -112,9 +112,7 @@ def acquisition_from_sequence(sequence: Any) -> Acquisition:
     return Acquisition(np.stack(arrays), matrix, per_volume, sequence.GetName())
 
 
-def protocol_values(
-    acquisition: Acquisition, model: str, explicit: Optional[Sequence[float]] = None
-) -> List[float]:
+def protocol_values(acquisition: Acquisition, model: str, explicit: Optional[Sequence[float]] = None) -> List[float]:
     """The varying acquisition value of each image (TI, FA or TE); explicit values win over DICOM."""
     count = acquisition.array.shape[0]
     tag = VARYING_TAG[model]
@@ -138,7 +136,9 @@ def protocol_values(
     return [float(v) for v in found]
 
 
-def repetition_times(acquisition: Acquisition, explicit: Optional[Sequence[float] | float] = None) -> Optional[List[float]]:
+def repetition_times(
+    acquisition: Acquisition, explicit: Optional[Sequence[float] | float] = None
+) -> Optional[List[float]]:
     """TR per image (explicit value(s) or DICOM); None when unknown."""
     count = acquisition.array.shape[0]
     if explicit is not None:

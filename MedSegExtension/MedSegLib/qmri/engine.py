@@ -64,13 +64,11 @@ def log_grid(lower: float, upper: float, size: int) -> np.ndarray:
 
 
 def _orthonormal_grid(phi: np.ndarray) -> np.ndarray:
-    """(G, N, K) basis -> (N, G*K) orthonormal columns; directions that are numerically absent become zero."""
+    """(G, N, K) basis -> (G, N, K) orthonormal columns; directions that are numerically absent become zero."""
     q, r = np.linalg.qr(phi)
     diag = np.abs(np.diagonal(r, axis1=-2, axis2=-1))  # (G, K)
     scale = np.linalg.norm(phi, axis=1).max(axis=-1, keepdims=True) + 1e-300
-    q = q * (diag > 1e-7 * scale)[:, None, :]
-    g, n, k = phi.shape
-    return np.ascontiguousarray(q.transpose(1, 0, 2).reshape(n, g * k))
+    return np.ascontiguousarray(q * (diag > 1e-7 * scale)[:, None, :])
 
 
 def project(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,26 +141,32 @@ def fit_separable(
     upper: float,
     grid_size: int = 160,
     polarity_restore: bool = False,
-    refine_rounds: int = 2,
+    refine_rounds: int = 3,
     chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    kernel: Optional[tuple] = None,
 ) -> SeparableFit:
     """Least-squares fit of ``y (V, N) ~ basis(theta) @ c`` for every voxel, theta searched in [lower, upper].
 
     ``polarity_restore``: ``y`` is magnitude IR data sorted by TI; the leading samples up to (A) or before (B) the
     minimum are negated and the better candidate is kept (Barral 2010). Voxels whose theta ends on the search
     bound are flagged ``STATUS_AT_BOUND`` (the value is reported, not moved).
+
+    ``kernel = (kind, times, tr)`` names the same basis for the compiled refinement (``_kernels``), which then
+    refines every polarity candidate exactly; without numba the numpy path below gives the same answer.
     """
+    from MedSegLib.qmri import _kernels
+
     y = np.asarray(y, dtype=np.float64)
     n_vox, n_pts = y.shape
     grid = log_grid(lower, upper, grid_size)
     step = float(np.log(grid[1] / grid[0]))
     phi_grid = basis(grid)
     k = phi_grid.shape[-1]
-    q64 = _orthonormal_grid(phi_grid)  # (N, G*K)
-    q32 = q64.astype(np.float32)
-    q_by_grid = np.ascontiguousarray(q64.reshape(n_pts, grid_size, k).transpose(1, 0, 2))  # (G, N, K)
+    q_by_grid = _orthonormal_grid(phi_grid)  # (G, N, K)
+    # (N, K*G), k-major: the score sums K contiguous blocks instead of reducing a tiny trailing axis
+    q32 = np.ascontiguousarray(q_by_grid.transpose(1, 2, 0).reshape(n_pts, k * grid_size)).astype(np.float32)
     log_lo, log_hi = np.log(lower), np.log(upper)
 
     theta = np.empty(n_vox)
@@ -197,6 +201,34 @@ def fit_separable(
             candidates = [np.where(index <= k_min[:, None], -1.0, 1.0), np.where(index < k_min[:, None], -1.0, 1.0)]
         else:
             candidates = [np.ones((1, n_pts))]
+        out = None
+        if kernel is not None and _kernels.AVAILABLE:
+            if polarity_restore:
+                cuts = np.stack([k_min + 1, k_min], axis=1)
+            else:
+                cuts = np.zeros((len(yc), 1), dtype=np.int64)
+            g_best = np.stack([_grid_argmax(yc * signs, q32, grid_size, k) for signs in candidates], axis=1)
+            try:
+                out = _kernels.refine(
+                    yc, cuts, g_best, kernel[1], kernel[2], kernel[0], log_lo, log_hi, step, grid_size, refine_rounds
+                )
+            except Exception:  # noqa: BLE001 - numba cannot compile or cache here: the numpy path below is exact too
+                _kernels.AVAILABLE = False
+        if out is not None:
+            theta[start:stop] = np.exp(out[:, 0])
+            rss[start:stop] = out[:, 1]
+            coefficients[start:stop] = out[:, 2 : 2 + k]
+            status_c = np.zeros(len(yc), dtype=np.uint8)
+            status_c[out[:, 6] > 0] |= STATUS_AT_BOUND
+            status_c[(out[:, 5] == 0) & (out[:, 6] == 0)] |= STATUS_NOT_CONVERGED
+            status_c[out[:, 4] > 0] |= STATUS_DEGENERATE
+            status[start:stop] = status_c
+            if polarity_restore:
+                chosen_cut = out[:, 7].astype(np.int64)
+                signs_out[start:stop] = np.where(np.arange(n_pts)[None, :] < chosen_cut[:, None], -1, 1)
+                restored_out[start:stop] = chosen_cut
+            report(progress, stop / n_vox, f"{stop}/{n_vox} voxels")
+            continue
         grid_results = [_grid_search(yc * signs, yy, q32, q_by_grid, step, log_lo) for signs in candidates]
         choice = np.zeros(len(yc), dtype=np.intp)
         ambiguous = np.zeros(len(yc), dtype=bool)
@@ -243,6 +275,16 @@ def fit_separable(
     return SeparableFit(theta, coefficients, rss, status, signs_out, restored_out)
 
 
+def _grid_argmax(ys: np.ndarray, q32: np.ndarray, n_grid: int, k: int) -> np.ndarray:
+    """Index of the best grid point per voxel (float32 matmul; the exact refinement follows)."""
+    products = ys.astype(np.float32) @ q32
+    np.square(products, out=products)
+    scores = products[:, :n_grid]
+    for block in range(1, k):
+        scores += products[:, block * n_grid : (block + 1) * n_grid]
+    return np.argmax(scores, axis=1)
+
+
 def _grid_search(
     ys: np.ndarray, yy: np.ndarray, q32: np.ndarray, q_by_grid: np.ndarray, step: float, log_lo: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,7 +295,9 @@ def _grid_search(
     n_grid, _, k = q_by_grid.shape
     products = ys.astype(np.float32) @ q32
     np.square(products, out=products)
-    scores = products if k == 1 else products.reshape(len(ys), n_grid, k).sum(axis=2)
+    scores = products[:, :n_grid]
+    for block in range(1, k):
+        scores += products[:, block * n_grid : (block + 1) * n_grid]
     g_best = np.argmax(scores, axis=1)
     at_edge = (g_best == 0) | (g_best == n_grid - 1)
     g_mid = np.clip(g_best, 1, n_grid - 2)

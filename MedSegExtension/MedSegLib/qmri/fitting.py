@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from MedSegLib.progress import CancelToken, ProgressCallback
-from MedSegLib.qmri import engine, models
+from MedSegLib.qmri import _kernels, engine, models
 from MedSegLib.qmri.engine import (
     STATUS_DEGENERATE,
     STATUS_INVALID_INPUT,
@@ -71,8 +71,17 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def auto_mask(image: np.ndarray) -> np.ndarray:
     """Foreground by Otsu's threshold on one image (the brightest of a series, so no tissue sits at its null)."""
+    from scipy import ndimage
+
     image = np.abs(np.asarray(image, dtype=np.float64))
-    return image > otsu_threshold(image)
+    mask = image > otsu_threshold(image)
+    labels, count = ndimage.label(mask)
+    if count > 1:  # drop isolated noise voxels just above the threshold (islands under 0.1 % of the mask)
+        sizes = np.bincount(labels.reshape(-1))
+        small = sizes < max(2, 0.001 * mask.sum())
+        small[0] = False
+        mask[small[labels]] = False
+    return mask
 
 
 def _resolve_mask(mask: Any, data: np.ndarray, reference: str) -> np.ndarray:
@@ -110,7 +119,8 @@ def _voxels(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """(V, N) float64 signal of the masked voxels, their flat indices and the invalid-input flags."""
     flat = data.reshape(data.shape[0], -1)
     index = np.flatnonzero(mask.reshape(-1))
-    y = np.ascontiguousarray(flat[:, index].T, dtype=np.float64)
+    voxel_major = np.ascontiguousarray(flat.T, dtype=np.float64)  # one transposing copy, then contiguous rows
+    y = voxel_major if len(index) == voxel_major.shape[0] else voxel_major[index]
     invalid = ~np.all(np.isfinite(y), axis=1) | ~np.any(y != 0, axis=1)
     y[invalid] = 0.0
     return y, index, invalid
@@ -118,8 +128,8 @@ def _voxels(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 def _goodness(y: np.ndarray, rss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R^2, RMSE) in the signal domain; R^2 uses the magnitude data's own mean."""
-    centred = y - y.mean(axis=1, keepdims=True)
-    ss_tot = np.einsum("vn,vn->v", centred, centred)
+    total = y.sum(axis=1)
+    ss_tot = np.maximum(np.einsum("vn,vn->v", y, y) - total * total / y.shape[1], 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(ss_tot > 0, 1.0 - rss / ss_tot, 0.0)
     return r2, np.sqrt(rss / y.shape[1])
@@ -149,6 +159,7 @@ def _separable(
     grid_size: int,
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
+    kernel: Optional[tuple] = None,
 ) -> engine.SeparableFit:
     fit = engine.fit_separable(
         y,
@@ -159,6 +170,7 @@ def _separable(
         polarity_restore=polarity,
         progress=progress,
         cancel=cancel,
+        kernel=kernel,
     )
     fit.status[invalid] = STATUS_INVALID_INPUT
     fit.theta[invalid] = 0.0
@@ -174,10 +186,10 @@ def fit_t1_ir(
     data: Any,
     ti_ms: Sequence[float],
     tr_ms: Optional[Sequence[float] | float] = None,
-    magnitude: bool = True,
+    magnitude: Optional[bool] = None,
     mask: Any = "auto",
     t1_range_ms: tuple[float, float] = T1_RANGE_MS,
-    grid_size: int = 160,
+    grid_size: int = 64,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> QMRIResult:
@@ -185,10 +197,13 @@ def fit_t1_ir(
 
     ``tr_ms`` per image (or one value) adds the incomplete-recovery term; ``None`` or one shared TR is the
     ``a + b e^(-TI/T1)`` model, whose M0 then absorbs the TR factor. Magnitude data get polarity restoration
-    (RD-NLS-PR); signed (real, phase-corrected) data are fitted as they are. Maps: T1, M0, efficiency
+    (RD-NLS-PR); signed (real, phase-corrected) data are fitted as they are. ``magnitude=None`` decides from the
+    data: any negative value means signed images. Maps: T1, M0, efficiency
     (``-b/a``: 2 is a perfect inversion), R2, RMSE, status, restored (number of negated leading images).
     """
     data, ti, order = _prepare(data, ti_ms, "inversion time")
+    if magnitude is None:
+        magnitude = not bool(np.nanmin(data) < 0)
     tr = None
     if tr_ms is not None:
         tr_values = np.broadcast_to(np.asarray(tr_ms, dtype=np.float64), (len(ti_ms),))[order]
@@ -197,7 +212,15 @@ def fit_t1_ir(
     spatial_mask = _resolve_mask(mask, data, "max")
     y, index, invalid = _voxels(np.abs(data) if magnitude else data, spatial_mask)
     fit = _separable(
-        y, invalid, lambda t1: models.ir_basis(t1, ti, tr), t1_range_ms, magnitude, grid_size, progress, cancel
+        y,
+        invalid,
+        lambda t1: models.ir_basis(t1, ti, tr),
+        t1_range_ms,
+        magnitude,
+        grid_size,
+        progress,
+        cancel,
+        kernel=(_kernels.KIND_IR if tr is None else _kernels.KIND_IR_TR, ti, tr),
     )
     m0 = fit.coefficients[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -206,8 +229,9 @@ def fit_t1_ir(
     out_of_range = ~invalid & ((m0 <= 0) | (efficiency < 0.2) | (efficiency > 2.3))
     status[out_of_range] |= STATUS_OUT_OF_RANGE
     if magnitude:
-        model_at_min = np.abs(np.einsum("vnk,vk->vn", models.ir_basis(np.maximum(fit.theta, 1e-3), ti, tr),
-                                        fit.coefficients)).min(axis=1)
+        model_at_min = np.abs(
+            np.einsum("vnk,vk->vn", models.ir_basis(np.maximum(fit.theta, 1e-3), ti, tr), fit.coefficients)
+        ).min(axis=1)
         ambiguous = ~invalid & (model_at_min < 0.02 * np.abs(y).max(axis=1))
         status[ambiguous] |= STATUS_POLARITY_AMBIGUOUS
     r2, rmse = _goodness(np.abs(y) if magnitude else y, fit.rss)
@@ -222,11 +246,11 @@ def fit_t1_ir(
 def fit_t1_molli(
     data: Any,
     ti_ms: Sequence[float],
-    magnitude: bool = True,
+    magnitude: Optional[bool] = None,
     mask: Any = "auto",
     time_offset_ms: float = 0.0,
     t1_range_ms: tuple[float, float] = T1_RANGE_MS,
-    grid_size: int = 160,
+    grid_size: int = 64,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> QMRIResult:
@@ -237,9 +261,21 @@ def fit_t1_molli(
     T1star, M0 (= A), B, R2, RMSE, status.
     """
     data, ti, _ = _prepare(data, ti_ms, "inversion time")
+    if magnitude is None:
+        magnitude = not bool(np.nanmin(data) < 0)
     spatial_mask = _resolve_mask(mask, data, "max")
     y, index, invalid = _voxels(np.abs(data) if magnitude else data, spatial_mask)
-    fit = _separable(y, invalid, lambda t: models.ir_basis(t, ti), t1_range_ms, magnitude, grid_size, progress, cancel)
+    fit = _separable(
+        y,
+        invalid,
+        lambda t: models.ir_basis(t, ti),
+        t1_range_ms,
+        magnitude,
+        grid_size,
+        progress,
+        cancel,
+        kernel=(_kernels.KIND_IR, ti, None),
+    )
     a = fit.coefficients[:, 0]
     t1_star = fit.theta
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -249,7 +285,10 @@ def fit_t1_molli(
     status[~invalid & ((a <= 0) | (b <= a) | ~np.isfinite(t1))] |= STATUS_OUT_OF_RANGE
     r2, rmse = _goodness(np.abs(y) if magnitude else y, fit.rss)
     maps = _assemble(
-        data.shape[1:], index, spatial_mask, {"T1": t1, "T1star": t1_star, "M0": a, "B": b, "R2": r2, "RMSE": rmse},
+        data.shape[1:],
+        index,
+        spatial_mask,
+        {"T1": t1, "T1star": t1_star, "M0": a, "B": b, "R2": r2, "RMSE": rmse},
         status,
     )
     return QMRIResult(maps, "T1", {"model": "molli", "TI_ms": ti.tolist(), "time_offset_ms": time_offset_ms})
@@ -318,16 +357,18 @@ def fit_t1_vfa(
         status[at_bound] |= engine.STATUS_AT_BOUND
         status[degenerate] |= STATUS_DEGENERATE
     else:
-        model = models.vfa_signal(np.where(linear_ok, t1, 1.0), np.where(linear_ok, m0, 0.0), alpha_nominal, tr_ms,
-                                  b1_vox)
+        model = models.vfa_signal(
+            np.where(linear_ok, t1, 1.0), np.where(linear_ok, m0, 0.0), alpha_nominal, tr_ms, b1_vox
+        )
         rss = ((y - model) ** 2).sum(1)
         status[~linear_ok] |= STATUS_DEGENERATE
     status[~invalid & ~(m0 > 0)] |= STATUS_OUT_OF_RANGE
     status[invalid] = STATUS_INVALID_INPUT
     r2, rmse = _goodness(y, rss)
     maps = _assemble(data.shape[1:], index, spatial_mask, {"T1": t1, "M0": m0, "R2": r2, "RMSE": rmse}, status)
-    return QMRIResult(maps, "T1", {"model": f"vfa-{method}", "FA_deg": alpha_nominal.tolist(), "TR_ms": tr_ms,
-                                   "B1": b1 is not None})
+    return QMRIResult(
+        maps, "T1", {"model": f"vfa-{method}", "FA_deg": alpha_nominal.tolist(), "TR_ms": tr_ms, "B1": b1 is not None}
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -376,7 +417,15 @@ def _exp_decay_fit(
         value = np.where(np.isfinite(value), value, 0.0)
     elif method in ("mono", "nonlinear"):
         fit = _separable(
-            y, invalid, lambda t: models.exp_basis(t, te, offset), bounds, False, grid_size, progress, cancel
+            y,
+            invalid,
+            lambda t: models.exp_basis(t, te, offset),
+            bounds,
+            False,
+            grid_size,
+            progress,
+            cancel,
+            kernel=(_kernels.KIND_EXP_OFFSET if offset else _kernels.KIND_EXP, te, None),
         )
         value, m0, rss, status = fit.theta, fit.coefficients[:, 0], fit.rss, fit.status
         offset_values = fit.coefficients[:, 1] if offset else None
@@ -400,7 +449,7 @@ def fit_t2(
     drop_first_echo: bool = False,
     mask: Any = "auto",
     t2_range_ms: tuple[float, float] = T2_RANGE_MS,
-    grid_size: int = 160,
+    grid_size: int = 64,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> QMRIResult:
@@ -423,7 +472,7 @@ def fit_t2star(
     offset: bool = False,
     mask: Any = "auto",
     t2star_range_ms: tuple[float, float] = T2STAR_RANGE_MS,
-    grid_size: int = 160,
+    grid_size: int = 64,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> QMRIResult:
@@ -482,88 +531,117 @@ def fit_t2_epg(
     rss_out = np.zeros(len(y))
     status = np.zeros(len(y), dtype=np.uint8)
     chunk = 8192
+    protocol = (esp, len(te), t1_ms, refocusing_deg)
     for start in range(0, len(y), chunk):
         if cancel is not None:
             cancel.raise_if_cancelled()
         yc = y[start : start + chunk]
-        scores = (yc @ unit.T) ** 2  # (V, T*B)
-        scores = scores.reshape(len(yc), n_t2, len(b1_grid))
-        if fixed_b1:
-            column = np.clip(np.searchsorted(b1_grid, b1_vox[start : start + chunk]), 0, len(b1_grid) - 1)
-            t_best = np.argmax(scores[np.arange(len(yc)), :, column], axis=1)
-            b_best = column
-        else:
-            flat_best = np.argmax(scores.reshape(len(yc), -1), axis=1)
-            t_best, b_best = np.divmod(flat_best, len(b1_grid))
-        rows = np.arange(len(yc))
-
-        def vertex(index_best: np.ndarray, size: int, axis: str) -> tuple[np.ndarray, np.ndarray]:
-            mid = np.clip(index_best, 1, size - 2)
-            if axis == "t":
-                s = [scores[rows, mid + d, b_best] for d in (-1, 0, 1)]
-            else:
-                s = [scores[rows, t_best, mid + d] for d in (-1, 0, 1)]
-            curvature = s[0] - 2 * s[1] + s[2]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                delta = np.where(curvature < 0, 0.5 * (s[0] - s[2]) / curvature, 0.0)
-            edge = (index_best == 0) | (index_best == size - 1)
-            return np.where(edge, index_best, mid + np.clip(np.nan_to_num(delta), -1, 1)), edge
-
-        t_pos, t_edge = vertex(t_best, n_t2, "t")
-        t2_c = np.exp(np.interp(t_pos, np.arange(n_t2), np.log(t2_grid)))
-        if fixed_b1:
-            b1_c = b1_vox[start : start + chunk]
-            b_edge = np.zeros(len(yc), dtype=bool)
-        else:
-            b_pos, b_edge = vertex(b_best, len(b1_grid), "b")
-            b1_c = np.interp(b_pos, np.arange(len(b1_grid)), b1_grid)
-            b_edge &= b_best == 0  # B1 = 1 is the fold, not a bound
-        yy_c = np.einsum("vn,vn->v", yc, yc)
-
-        def cost_of(t2_values: np.ndarray, b1_values: np.ndarray) -> np.ndarray:
-            phi_values = models.epg_cpmg(t2_values, b1_values, esp, len(te), t1_ms, refocusing_deg)
-            return yy_c - engine.project(phi_values[..., None], yc)[0]
-
-        # T2 and B1 are correlated: alternate exact 1-D parabolic steps, shrinking the brackets each pass
-        u_t2 = np.log(t2_c)
-        h_t2 = float(np.log(t2_grid[1] / t2_grid[0])) / 2.0
-        h_b1 = float(b1_grid[1] - b1_grid[0]) / 2.0
-        for _ in range(3):
-            u_t2, _ = engine.refine_log_parameter(lambda u: cost_of(np.exp(u), b1_c), u_t2, h_t2, 1)
-            if not fixed_b1:
-                b1_c, _ = engine.refine_log_parameter(
-                    lambda b: cost_of(np.exp(u_t2), np.clip(b, b1_grid[0], 1.0)), b1_c, h_b1, 1)
-                b1_c = np.clip(b1_c, b1_grid[0], 1.0)
-            h_t2 /= 4.0
-            h_b1 /= 4.0
-        t2_c = np.clip(np.exp(u_t2), t2_range_ms[0], t2_range_ms[1])
-        phi = models.epg_cpmg(t2_c, b1_c, esp, len(te), t1_ms, refocusing_deg)
-        score, coef, degenerate = engine.project(phi[..., None], yc)
+        b1_chunk = b1_vox[start : start + chunk] if fixed_b1 else None
         sl = slice(start, start + len(yc))
-        t2_out[sl], b1_out[sl], m0_out[sl] = t2_c, b1_c, coef[:, 0]
-        rss_out[sl] = np.maximum(np.einsum("vn,vn->v", yc, yc) - score, 0.0)
-        status[sl][t_edge | b_edge] |= engine.STATUS_AT_BOUND
-        status[sl][degenerate] |= STATUS_DEGENERATE
+        t2_out[sl], b1_out[sl], m0_out[sl], rss_out[sl], status[sl] = _epg_chunk(
+            yc, unit, t2_grid, b1_grid, b1_chunk, protocol, t2_range_ms
+        )
         if progress is not None:
             progress(min(1.0, (start + len(yc)) / len(y)), "")
     status[~invalid & ~(m0_out > 0)] |= STATUS_OUT_OF_RANGE
     status[invalid] = STATUS_INVALID_INPUT
     r2, rmse = _goodness(y, rss_out)
     maps = _assemble(
-        data.shape[1:], index, spatial_mask,
-        {"T2": t2_out, "M0": m0_out, "B1": b1_out, "R2": r2, "RMSE": rmse}, status,
+        data.shape[1:],
+        index,
+        spatial_mask,
+        {"T2": t2_out, "M0": m0_out, "B1": b1_out, "R2": r2, "RMSE": rmse},
+        status,
     )
-    info = {"model": "t2-epg", "TE_ms": te.tolist(), "T1_ms": t1_ms, "refocusing_deg": refocusing_deg,
-            "B1_fitted": not fixed_b1}
+    info = {
+        "model": "t2-epg",
+        "TE_ms": te.tolist(),
+        "T1_ms": t1_ms,
+        "refocusing_deg": refocusing_deg,
+        "B1_fitted": not fixed_b1,
+    }
     return QMRIResult(maps, "T2", info)
+
+
+def _parabola_index(scores: np.ndarray, index_best: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional grid index of the score maximum from (V, 3) scores at index-1, index, index+1."""
+    mid = np.clip(index_best, 1, size - 2)
+    curvature = scores[:, 0] - 2 * scores[:, 1] + scores[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(curvature < 0, 0.5 * (scores[:, 0] - scores[:, 2]) / curvature, 0.0)
+    edge = (index_best == 0) | (index_best == size - 1)
+    return np.where(edge, index_best, mid + np.clip(np.nan_to_num(delta), -1, 1)), edge
+
+
+def _epg_chunk(
+    yc: np.ndarray,
+    unit: np.ndarray,
+    t2_grid: np.ndarray,
+    b1_grid: np.ndarray,
+    b1_fixed: Optional[np.ndarray],
+    protocol: tuple,
+    t2_range_ms: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Dictionary match + alternating exact refinement of T2 and B1 for one chunk of voxels."""
+    esp, n_echoes, t1_ms, refocusing_deg = protocol
+    n_t2, n_b1 = len(t2_grid), len(b1_grid)
+    scores = ((yc @ unit.T) ** 2).reshape(len(yc), n_t2, n_b1)
+    rows = np.arange(len(yc))
+    if b1_fixed is not None:
+        b_best = np.clip(np.searchsorted(b1_grid, b1_fixed), 0, n_b1 - 1)
+        t_best = np.argmax(scores[rows, :, b_best], axis=1)
+    else:
+        t_best, b_best = np.divmod(np.argmax(scores.reshape(len(yc), -1), axis=1), n_b1)
+    t_mid = np.clip(t_best, 1, n_t2 - 2)
+    t_pos, t_edge = _parabola_index(np.stack([scores[rows, t_mid + d, b_best] for d in (-1, 0, 1)], 1), t_best, n_t2)
+    t2_c = np.exp(np.interp(t_pos, np.arange(n_t2), np.log(t2_grid)))
+    if b1_fixed is not None:
+        b1_c = b1_fixed
+        b_edge = np.zeros(len(yc), dtype=bool)
+    else:
+        b_mid = np.clip(b_best, 1, n_b1 - 2)
+        b_pos, b_edge = _parabola_index(
+            np.stack([scores[rows, t_best, b_mid + d] for d in (-1, 0, 1)], 1), b_best, n_b1
+        )
+        b1_c = np.interp(b_pos, np.arange(n_b1), b1_grid)
+        b_edge &= b_best == 0  # B1 = 1 is the fold, not a bound
+    yy = np.einsum("vn,vn->v", yc, yc)
+
+    def cost_of(t2_values: np.ndarray, b1_values: np.ndarray) -> np.ndarray:
+        phi_values = models.epg_cpmg(t2_values, b1_values, esp, n_echoes, t1_ms, refocusing_deg)
+        return yy - engine.project(phi_values[..., None], yc)[0]
+
+    # T2 and B1 are correlated: alternate exact 1-D parabolic steps, shrinking the brackets each pass
+    u_t2 = np.log(t2_c)
+    h_t2 = float(np.log(t2_grid[1] / t2_grid[0])) / 2.0
+    h_b1 = float(b1_grid[1] - b1_grid[0]) / 2.0
+    for _ in range(3):
+        b1_now = b1_c
+        u_t2, _ = engine.refine_log_parameter(lambda u, b=b1_now: cost_of(np.exp(u), b), u_t2, h_t2, 1)
+        if b1_fixed is None:
+            t2_now = np.exp(u_t2)
+            b1_c, _ = engine.refine_log_parameter(
+                lambda b, t=t2_now: cost_of(t, np.clip(b, b1_grid[0], 1.0)), b1_c, h_b1, 1
+            )
+            b1_c = np.clip(b1_c, b1_grid[0], 1.0)
+        h_t2 /= 4.0
+        h_b1 /= 4.0
+    t2_c = np.clip(np.exp(u_t2), t2_range_ms[0], t2_range_ms[1])
+    phi = models.epg_cpmg(t2_c, b1_c, esp, n_echoes, t1_ms, refocusing_deg)
+    score, coef, degenerate = engine.project(phi[..., None], yc)
+    status = np.zeros(len(yc), dtype=np.uint8)
+    status[t_edge | b_edge] |= engine.STATUS_AT_BOUND
+    status[degenerate] |= STATUS_DEGENERATE
+    return t2_c, b1_c, coef[:, 0], np.maximum(yy - score, 0.0), status
 
 
 # ----------------------------------------------------------------------------------------------------------
 # statistics
 
 
-def segment_statistics(values: np.ndarray, labels: Dict[str, np.ndarray], status: Optional[np.ndarray] = None
-                       ) -> Dict[str, Dict[str, float]]:
+def segment_statistics(
+    values: np.ndarray, labels: Dict[str, np.ndarray], status: Optional[np.ndarray] = None
+) -> Dict[str, Dict[str, float]]:
     """Mean, SD, median, IQR and voxel counts of ``values`` inside each boolean mask (fitted voxels only)."""
     out: Dict[str, Dict[str, float]] = {}
     for name, region in labels.items():
@@ -572,8 +650,13 @@ def segment_statistics(values: np.ndarray, labels: Dict[str, np.ndarray], status
             inside = inside & ((status & (STATUS_MASKED | STATUS_INVALID_INPUT)) == 0)
         sample = np.asarray(values, dtype=np.float64)[inside]
         if sample.size == 0:
-            out[name] = {"count": 0, "mean": float("nan"), "sd": float("nan"), "median": float("nan"),
-                         "iqr": float("nan")}
+            out[name] = {
+                "count": 0,
+                "mean": float("nan"),
+                "sd": float("nan"),
+                "median": float("nan"),
+                "iqr": float("nan"),
+            }
             continue
         q1, median, q3 = np.percentile(sample, [25, 50, 75])
         out[name] = {

@@ -53,9 +53,10 @@ def molli_signal(t1_ms: ArrayLike, a: ArrayLike, b: ArrayLike, ti_ms: ArrayLike)
 def mono_exp_signal(t_ms: ArrayLike, m0: ArrayLike, te_ms: ArrayLike, offset: ArrayLike = 0.0) -> np.ndarray:
     """``M0 e^(-TE/T) + C`` (T2 spin echo or T2* gradient echo)."""
     t = np.asarray(t_ms, dtype=np.float64)[..., None]
-    return np.asarray(m0, dtype=np.float64)[..., None] * np.exp(-np.asarray(te_ms, dtype=np.float64) / t) + np.asarray(
-        offset, dtype=np.float64
-    )[..., None]
+    return (
+        np.asarray(m0, dtype=np.float64)[..., None] * np.exp(-np.asarray(te_ms, dtype=np.float64) / t)
+        + np.asarray(offset, dtype=np.float64)[..., None]
+    )
 
 
 def epg_cpmg(

@@ -91,8 +91,16 @@ def locate_spheres(
     for candidate in (image, np.clip(high - image, 0.0, None)):  # spheres brighter or darker than the fluid
         blobs, radii = detect_blobs(candidate)
         if len(blobs) >= 3:
-            results.append(_place(np.asarray(template_centres_rc, dtype=np.float64), blobs, radii, roi_fraction,
-                                  scale_range, max_rotation_deg))
+            results.append(
+                _place(
+                    np.asarray(template_centres_rc, dtype=np.float64),
+                    blobs,
+                    radii,
+                    roi_fraction,
+                    scale_range,
+                    max_rotation_deg,
+                )
+            )
     if not results:
         raise ValueError("fewer than 3 sphere-like blobs found; cannot place the template")
     return max(results, key=lambda item: item.matched)

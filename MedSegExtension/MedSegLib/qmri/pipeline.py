@@ -41,8 +41,15 @@ def fit_acquisition(
     data = acquisition.array
     try:
         if model == "ir":
-            return fitting.fit_t1_ir(data, times, repetition_times(acquisition, tr_ms), mask=mask, progress=progress,
-                                     cancel=cancel, **options)
+            return fitting.fit_t1_ir(
+                data,
+                times,
+                repetition_times(acquisition, tr_ms),
+                mask=mask,
+                progress=progress,
+                cancel=cancel,
+                **options,
+            )
         if model == "molli":
             return fitting.fit_t1_molli(data, times, mask=mask, progress=progress, cancel=cancel, **options)
         if model == "vfa":
@@ -51,8 +58,7 @@ def fit_acquisition(
                 raise UserInputError(f"series '{acquisition.name}': RepetitionTime (0018,0080) missing; give --tr")
             if np.ptp(tr) > 1e-6 * max(tr):
                 raise UserInputError(f"series '{acquisition.name}': VFA needs one TR, found {sorted(set(tr))}")
-            return fitting.fit_t1_vfa(data, times, tr[0], b1=b1, mask=mask, progress=progress, cancel=cancel,
-                                      **options)
+            return fitting.fit_t1_vfa(data, times, tr[0], b1=b1, mask=mask, progress=progress, cancel=cancel, **options)
         if model == "t2":
             return fitting.fit_t2(data, times, mask=mask, progress=progress, cancel=cancel, **options)
         if model == "epg":
@@ -165,22 +171,38 @@ def fit_sequence_node(
     """
     acquisition = acquisition_from_sequence(sequence)
     array_mask = _segment_mask(mask, sequence.GetNthDataNode(0)) if mask is not None else "auto"
-    result = fit_acquisition(acquisition, model, acquisition_values, repetition_time_ms, array_mask,
-                             options=options, progress=progress, cancel=cancel)
-    nodes = add_result_nodes(result, acquisition.ijk_to_ras, sequence.GetScene(), f"{sequence.GetName()} ",
-                             output_nodes)
+    result = fit_acquisition(
+        acquisition,
+        model,
+        acquisition_values,
+        repetition_time_ms,
+        array_mask,
+        options=options,
+        progress=progress,
+        cancel=cancel,
+    )
+    nodes = add_result_nodes(
+        result, acquisition.ijk_to_ras, sequence.GetScene(), f"{sequence.GetName()} ", output_nodes
+    )
     return result, nodes
 
 
-def segment_statistics_table(result: fitting.QMRIResult, segmentation: Any, reference_node: Any,
-                             scene: Any = None) -> Any:
+def segment_statistics_table(
+    result: fitting.QMRIResult, segmentation: Any, reference_node: Any, scene: Any = None
+) -> Any:
     """Per-segment mean/SD/median/IQR of the primary map as a table node."""
     import slicer
 
-    segment_ids = [segmentation.GetSegmentation().GetNthSegmentID(i)
-                   for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-    labels = {segmentation.GetSegmentation().GetSegment(s).GetName():
-              slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, s, reference_node) for s in segment_ids}
+    segment_ids = [
+        segmentation.GetSegmentation().GetNthSegmentID(i)
+        for i in range(segmentation.GetSegmentation().GetNumberOfSegments())
+    ]
+    labels = {
+        segmentation.GetSegmentation().GetSegment(s).GetName(): slicer.util.arrayFromSegmentBinaryLabelmap(
+            segmentation, s, reference_node
+        )
+        for s in segment_ids
+    }
     stats = fitting.segment_statistics(result.maps[result.primary], labels, result.maps["status"])
     scene = scene or reference_node.GetScene()
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{result.primary} statistics")

@@ -3,7 +3,8 @@
 slicer-core does not wrap ``vtkITKGrowCut``, so this is MedSeg's own implementation of the same idea
 (FastGrowCut, Zhu et al. 2014): each voxel takes the label of the seed with the cheapest path to it,
 where a step costs the intensity difference plus ``locality`` x step length in mm. It is a multi-source
-Dijkstra on the 6-neighbour grid, compiled with numba.
+Dijkstra on the 6-neighbour grid with an indexed binary heap (decrease-key, so each voxel is at most once
+in the heap), compiled with numba.
 
 Why a class: the Segment Editor re-runs the effect whenever seeds are edited. :class:`GrowFromSeeds`
 keeps the distance and label maps, and :meth:`GrowFromSeeds.update` only re-propagates what changed:
@@ -35,66 +36,79 @@ def _jit(function):
 
 
 @_jit
-def _heap_push(keys, items, size, key, item):
-    if size >= keys.shape[0]:
-        new_keys = np.empty(keys.shape[0] * 2, dtype=keys.dtype)
-        new_items = np.empty(items.shape[0] * 2, dtype=items.dtype)
-        new_keys[:size] = keys[:size]
-        new_items[:size] = items[:size]
-        keys = new_keys
-        items = new_items
-    position = size
-    size += 1
+def _sift_up(heap, keys, pos, position):
+    """Move heap[position] up while its key is smaller than its parent's (indexed binary heap; keys are
+    stored beside the items so sifting touches contiguous memory, not the whole distance map)."""
+    item = heap[position]
+    key = keys[position]
     while position > 0:
         parent = (position - 1) >> 1
         if keys[parent] <= key:
             break
+        heap[position] = heap[parent]
         keys[position] = keys[parent]
-        items[position] = items[parent]
+        pos[heap[position]] = position
         position = parent
+    heap[position] = item
     keys[position] = key
-    items[position] = item
-    return keys, items, size
+    pos[item] = position
 
 
 @_jit
-def _heap_pop(keys, items, size):
-    top_key = keys[0]
-    top_item = items[0]
-    size -= 1
-    last_key = keys[size]
-    last_item = items[size]
-    position = 0
+def _sift_down(heap, keys, pos, position, size):
+    item = heap[position]
+    key = keys[position]
     while True:
         child = 2 * position + 1
         if child >= size:
             break
         if child + 1 < size and keys[child + 1] < keys[child]:
             child += 1
-        if keys[child] >= last_key:
+        if keys[child] >= key:
             break
+        heap[position] = heap[child]
         keys[position] = keys[child]
-        items[position] = items[child]
+        pos[heap[position]] = position
         position = child
-    if size > 0:
-        keys[position] = last_key
-        items[position] = last_item
-    return top_key, top_item, size
+    heap[position] = item
+    keys[position] = key
+    pos[item] = position
 
 
 @_jit
-def _propagate(image, allowed, distance, labels, keys, items, size, step_cost):
-    """Dijkstra from the heap's content; ``image``, ``allowed``, ``distance``, ``labels`` are flat."""
+def _push(heap, keys, pos, size, item, key):
+    """Insert ``item`` with ``key`` (or lower its key if queued); returns the new size."""
+    position = pos[item]
+    if position >= 0:
+        keys[position] = key
+        _sift_up(heap, keys, pos, position)
+        return size
+    heap[size] = item
+    keys[size] = key
+    pos[item] = size
+    _sift_up(heap, keys, pos, size)
+    return size + 1
+
+
+@_jit
+def _propagate(image, allowed, distance, labels, heap, keys, pos, size, step_cost):
+    """Dijkstra from the heap's content with decrease-key (each voxel at most once in the heap)."""
     nk, nj, ni = image.shape
     flat_image = image.ravel()
     stride_j = ni
     stride_k = nj * ni
     visited = 0
     while size > 0:
-        d, index, size = _heap_pop(keys, items, size)
-        if d > distance[index]:
-            continue
+        index = heap[0]
+        pos[index] = -1
+        size -= 1
+        if size > 0:
+            heap[0] = heap[size]
+            keys[0] = keys[size]
+            pos[heap[0]] = 0
+            _sift_down(heap, keys, pos, 0, size)
         visited += 1
+        d = distance[index]
         k = index // stride_k
         rest = index - k * stride_k
         j = rest // stride_j
@@ -141,35 +155,29 @@ def _propagate(image, allowed, distance, labels, keys, items, size, step_cost):
             if candidate < distance[neighbour]:
                 distance[neighbour] = candidate
                 labels[neighbour] = label
-                keys, items, size = _heap_push(keys, items, size, candidate, neighbour)
+                size = _push(heap, keys, pos, size, neighbour, candidate)
     return visited
 
 
 @_jit
-def _seed_heap(seed_indices, seed_labels, distance, labels, capacity):
-    keys = np.empty(capacity, dtype=np.float32)
-    items = np.empty(capacity, dtype=np.int64)
-    size = 0
-    for n in range(seed_indices.shape[0]):
-        index = seed_indices[n]
+def _push_sources(sources, source_labels, distance, labels, heap, keys, pos, size):
+    for n in range(sources.shape[0]):
+        index = sources[n]
         distance[index] = 0.0
-        labels[index] = seed_labels[n]
-        keys, items, size = _heap_push(keys, items, size, np.float32(0.0), index)
-    return keys, items, size
+        labels[index] = source_labels[n]
+        size = _push(heap, keys, pos, size, index, np.float32(0.0))
+    return size
 
 
 @_jit
-def _invalidate(shape, allowed, distance, labels, removed_labels, keys, items, size):
+def _invalidate(shape, allowed, distance, labels, removed, heap, keys, pos, size):
     """Forget every voxel of the removed labels and queue their valid neighbours as sources."""
-    nk, nj, ni = shape
+    nk, nj, ni = shape[0], shape[1], shape[2]
     stride_j = ni
     stride_k = nj * ni
     total = labels.shape[0]
-    flag = np.zeros(65536, dtype=np.bool_)
-    for value in removed_labels:
-        flag[value] = True
     for index in range(total):
-        if flag[labels[index]] and labels[index] != 0:
+        if labels[index] != 0 and removed[labels[index]]:
             labels[index] = 0
             distance[index] = np.inf
     for index in range(total):
@@ -205,8 +213,8 @@ def _invalidate(shape, allowed, distance, labels, removed_labels, keys, items, s
                     continue
                 neighbour = index + stride_k
             if labels[neighbour] != 0:
-                keys, items, size = _heap_push(keys, items, size, distance[neighbour], neighbour)
-    return keys, items, size
+                size = _push(heap, keys, pos, size, neighbour, distance[neighbour])
+    return size
 
 
 class GrowFromSeeds:
@@ -231,6 +239,9 @@ class GrowFromSeeds:
         self.labels = np.zeros(self.image.size, dtype=np.uint16)
         self.seeds = np.zeros(self.image.size, dtype=np.uint16)
         self.last_visited = 0
+        self._heap_items: Optional[np.ndarray] = None
+        self._heap_keys: Optional[np.ndarray] = None
+        self._heap_pos: Optional[np.ndarray] = None
 
     def _validate(self, seeds: np.ndarray) -> np.ndarray:
         seeds = np.asarray(seeds)
@@ -245,16 +256,26 @@ class GrowFromSeeds:
             )
         return np.ascontiguousarray(seeds, dtype=np.uint16).ravel()
 
+    def _heap(self) -> tuple:
+        if self._heap_items is None:
+            index_type = np.int32 if self.image.size < 2**31 - 1 else np.int64  # 12 bytes/voxel, not 20
+            self._heap_items = np.empty(self.image.size, dtype=index_type)
+            self._heap_keys = np.empty(self.image.size, dtype=np.float32)
+            self._heap_pos = np.full(self.image.size, -1, dtype=index_type)
+        return self._heap_items, self._heap_keys, self._heap_pos
+
     def run(self, seeds: np.ndarray) -> np.ndarray:
         """Full computation from a seed label map (0 = no seed); returns the label map [k, j, i]."""
         flat = self._validate(seeds)
         self.distance.fill(np.inf)
         self.labels.fill(0)
         self.seeds = flat.copy()
-        indices = np.flatnonzero((flat != 0) & self.allowed).astype(np.int64)
-        keys, items, size = _seed_heap(indices, flat[indices], self.distance, self.labels, max(1024, 4 * len(indices)))
+        heap, keys, pos = self._heap()
+        pos.fill(-1)
+        sources = np.flatnonzero((flat != 0) & self.allowed).astype(heap.dtype)
+        size = _push_sources(sources, flat[sources], self.distance, self.labels, heap, keys, pos, 0)
         self.last_visited = _propagate(
-            self.image, self.allowed, self.distance, self.labels, keys, items, size, self.step_cost
+            self.image, self.allowed, self.distance, self.labels, heap, keys, pos, size, self.step_cost
         )
         return self.labels.reshape(self.shape)
 
@@ -269,26 +290,24 @@ class GrowFromSeeds:
         old = self.seeds[changed]
         removed_labels = np.unique(old[old != 0]).astype(np.int64)
         self.seeds = flat.copy()
-        keys = np.empty(max(1024, 4 * changed.size), dtype=np.float32)
-        items = np.empty(keys.shape[0], dtype=np.int64)
+        heap, keys, pos = self._heap()
         size = 0
         if removed_labels.size:
-            keys, items, size = _invalidate(
-                np.array(self.shape, dtype=np.int64), self.allowed, self.distance, self.labels, removed_labels,
-                keys, items, size,
+            removed = np.zeros(65536, dtype=np.bool_)
+            removed[removed_labels] = True
+            size = _invalidate(
+                np.array(self.shape, dtype=np.int64), self.allowed, self.distance, self.labels, removed, heap, keys, pos,
+                size,
             )
             # Remaining seeds of the invalidated labels restart their growth.
             restart = np.flatnonzero(np.isin(flat, removed_labels) & self.allowed)
         else:
             restart = np.zeros(0, dtype=np.int64)
         added = changed[(flat[changed] != 0) & self.allowed[changed]]
-        sources = np.unique(np.concatenate([restart, added])).astype(np.int64)
-        for index in sources:  # few voxels (strokes); the heap helpers are compiled
-            self.distance[index] = 0.0
-            self.labels[index] = flat[index]
-            keys, items, size = _heap_push(keys, items, size, np.float32(0.0), np.int64(index))
+        sources = np.unique(np.concatenate([restart, added])).astype(heap.dtype)
+        size = _push_sources(sources, flat[sources], self.distance, self.labels, heap, keys, pos, size)
         self.last_visited = _propagate(
-            self.image, self.allowed, self.distance, self.labels, keys, items, size, self.step_cost
+            self.image, self.allowed, self.distance, self.labels, heap, keys, pos, size, self.step_cost
         )
         return self.labels.reshape(self.shape)
 
@@ -312,7 +331,14 @@ def run_grow_from_seeds(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Seg
             "(or one .mrk.json per segment, named after it)"
         )
     seeds, names = seed_label_map(ctx, p["seed_radius_mm"])
-    grower = GrowFromSeeds(ctx.array, ctx.spacing_ijk, p["locality"], ctx.mask)
+    array = ctx.array
+    if p["smoothing_mm"] > 0:
+        import SimpleITK as sitk
+
+        # Noise adds |difference| at every step and would favour the seed with the shortest path;
+        # a light Gaussian keeps edges but removes most of that.
+        array = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(ctx.float_image, float(p["smoothing_mm"])))
+    grower = GrowFromSeeds(array, ctx.spacing_ijk, p["locality"], ctx.mask)
     ctx.report(0.2, "growing")
     labels = grower.run(seeds)
     segments = []
@@ -332,6 +358,7 @@ METHODS = [
         (
             Param("locality", float, 0.0, "path length weight: higher keeps segments near their seeds", "HU/mm", 0.0),
             Param("seed_radius_mm", float, 2.0, "radius of seed balls", "mm", 0.0),
+            Param("smoothing_mm", float, 1.0, "Gaussian sigma applied before growing (0 = off)", "mm", 0.0),
         ),
         SEEDS_LABELLED,
         "region",

@@ -136,15 +136,22 @@ def signed_distance_mm(mask: np.ndarray, spacing_ijk: Sequence[float]) -> np.nda
 
 def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
     """Grow (positive) or shrink (negative) by ``margin_mm`` using the Euclidean distance in mm,
-    so the result is the same on anisotropic voxels as on isotropic ones."""
+    so the result is the same on anisotropic voxels as on isotropic ones. When shrinking, anatomy cut
+    by the edge of the scan is assumed to continue beyond it (the border does not erode)."""
     mask = np.asarray(mask, dtype=bool)
     if margin_mm == 0 or not np.any(mask):
         return mask
-    distance = signed_distance_mm(mask, spacing_ijk)
     if margin_mm > 0:
-        return mask | (distance <= margin_mm)
-    # Maurer's map is 0 on the inner boundary voxels; "inside by more than |m|" keeps the core.
-    return mask & (distance < margin_mm)
+        return mask | (signed_distance_mm(mask, spacing_ijk) <= margin_mm)
+    pad = [int(np.ceil(-margin_mm / float(s))) + 1 for s in spacing_ijk[::-1]]
+    padded = np.pad(mask, [(p, p) for p in pad], mode="edge")
+    # Shrinking = growing the background: an object voxel goes when a background voxel centre lies
+    # within |margin| (Maurer's outside distances are exact centre-to-centre distances).
+    background_distance = signed_distance_mm(~padded, spacing_ijk)
+    inner = background_distance[
+        pad[0] : pad[0] + mask.shape[0], pad[1] : pad[1] + mask.shape[1], pad[2] : pad[2] + mask.shape[2]
+    ]
+    return mask & (inner > -margin_mm)
 
 
 def hollow(mask: np.ndarray, thickness_mm: float, spacing_ijk: Sequence[float], mode: str = "inside") -> np.ndarray:

@@ -68,16 +68,45 @@ def seed_range(ctx: SegmentationContext, p: Dict[str, Any]) -> Tuple[float, floa
 
 
 def cut_leaks(mask: np.ndarray, ctx: SegmentationContext, radius_mm: float) -> np.ndarray:
-    """Remove parts joined to the seeded region only through necks thinner than ``radius_mm``."""
+    """Remove parts joined to the seeded region only through necks thinner than ``radius_mm``.
+
+    Cavities (vessels inside an organ) are filled first so the erosion does not eat the organ from
+    inside; the seeded core component is the one containing - or nearest to - each seed.
+    """
     if radius_mm <= 0 or not np.any(mask):
         return mask
     spacing = ctx.spacing_ijk
-    core = postprocess.margin(mask, -radius_mm, spacing)
-    seeded_core = postprocess.islands_containing(core, ctx.seed_indices())
-    if not np.any(seeded_core):
-        # Seeds sit in a part thinner than the radius: fall back to the nearest-by-label component.
-        return mask
+    core = postprocess.margin(postprocess.fill_holes(mask), -radius_mm, spacing)
+    labels = postprocess.label_islands(core)
+    wanted = set()
+    for i, j, k in ctx.seed_indices():
+        value = _nearest_label(labels, (k, j, i), radius_mm, spacing)
+        if value:
+            wanted.add(value)
+    if not wanted:
+        return mask  # the seeded part is thinner than the radius everywhere: nothing to cut safely
+    seeded_core = np.isin(labels, sorted(wanted))
     return postprocess.margin(seeded_core, radius_mm, spacing) & mask
+
+
+def _nearest_label(labels: np.ndarray, kji: Tuple[int, int, int], radius_mm: float, spacing_ijk) -> int:
+    """Label at ``kji``, else the nearest non-zero label within 2 x radius (0 if none)."""
+    k, j, i = kji
+    if labels[k, j, i]:
+        return int(labels[k, j, i])
+    reach = radius_in_voxels(2.0 * radius_mm, spacing_ijk, minimum=1)
+    box = (
+        slice(max(0, k - reach[2]), k + reach[2] + 1),
+        slice(max(0, j - reach[1]), j + reach[1] + 1),
+        slice(max(0, i - reach[0]), i + reach[0] + 1),
+    )
+    window = labels[box]
+    found = np.argwhere(window > 0)
+    if found.size == 0:
+        return 0
+    offsets = (found + [box[0].start, box[1].start, box[2].start] - [k, j, i]) * np.asarray(spacing_ijk)[::-1]
+    nearest = found[np.argmin((offsets**2).sum(axis=1))]
+    return int(window[tuple(nearest)])
 
 
 def run_region_growing(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
@@ -163,11 +192,17 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     sub_ctx = SegmentationContext(np.ascontiguousarray(sub), ctx.ijk_to_ras.copy(), method_name=ctx.method_name)
     sub_ctx.ijk_to_ras[:3, 3] = ctx.ijk_to_ras[:3, :3] @ offset + ctx.ijk_to_ras[:3, 3]
     seeds = ctx.seed_indices() - offset
-    initial = _seed_balls(sub_ctx, p["seed_radius_mm"], seeds)
+    # Initial level set: signed distance (mm) to balls around the seeds, analytic so that even a ball of
+    # one or two voxels has a proper negative inside (a Maurer map of such a ball is all zeros).
     spacing = ctx.spacing_ijk
-    distance = sitk.SignedMaurerDistanceMap(
-        postprocess._image(initial, spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-    )
+    radius_mm = max(float(p["seed_radius_mm"]), 1.5 * float(spacing.max()))
+    k, j, i = np.ogrid[: sub.shape[0], : sub.shape[1], : sub.shape[2]]
+    phi = np.full(sub.shape, np.inf, dtype=np.float32)
+    for si, sj, sk in seeds:
+        d2 = ((i - si) * spacing[0]) ** 2 + ((j - sj) * spacing[1]) ** 2 + ((k - sk) * spacing[2]) ** 2
+        np.minimum(phi, np.sqrt(d2).astype(np.float32) - radius_mm, out=phi)
+    initial = phi < 0
+    distance = sitk.GetImageFromArray(phi)
     image = sitk.Cast(sub_ctx.image, sitk.sitkFloat32)
     distance.CopyInformation(image)
     iterations = int(p["iterations"])
@@ -188,12 +223,9 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         level_set.SetNumberOfIterations(iterations)
         level_set.SetCurvatureScaling(float(p["curvature"]))
         level_set.SetPropagationScaling(1.0)
-        level_set.ReverseExpansionDirectionOn()
         result = level_set.Execute(distance, image)
     else:
-        inside = sub[initial].astype(np.float64)
         speed, _ = edge_speed(image, p["sigma_mm"], _gradient_inside(image, p["sigma_mm"], initial))
-        del inside
         level_set = sitk.GeodesicActiveContourLevelSetImageFilter()
         level_set.SetPropagationScaling(float(p["propagation"]))
         level_set.SetCurvatureScaling(float(p["curvature"]))
@@ -240,46 +272,46 @@ def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segme
 def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     """Watershed of the gradient magnitude (scale ``object_scale_mm``, as Slicer's Watershed effect).
 
-    Marker-based when seeds are given: each seed group floods its basin; the volume border floods as
-    background when only one group is given. Without seeds, morphological watershed (flooding level
-    ``level`` of the gradient) and the ``max_segments`` largest basins are returned.
+    Marker-based with seeds of two or more groups (each group floods its basins; the result partitions
+    the volume, as Slicer's Watershed effect). With one group, the morphological watershed (flooding level
+    ``level`` of the gradient) basins containing its seeds; without seeds, the ``max_segments`` largest
+    basins. (The volume border is not used as background: anatomy usually crosses it.)
     """
     import SimpleITK as sitk
 
     gradient = sitk.GradientMagnitudeRecursiveGaussian(ctx.float_image, sigma=float(p["object_scale_mm"]))
     ctx.report(0.3, "watershed")
     groups = ctx.seed_groups() if ctx.seeds else {}
-    if groups:
+    if len(groups) >= 2:
         markers = np.zeros(ctx.shape, dtype=np.uint16)
         names = list(groups)
         for value, name in enumerate(names, start=1):
-            seeds = groups[name]
-            balls = _seed_balls(ctx, p["seed_radius_mm"], seeds)
+            balls = _seed_balls(ctx, p["seed_radius_mm"], groups[name])
             markers[balls & (markers == 0)] = value
-        background = 0
-        if len(names) == 1:
-            background = len(names) + 1
-            border = np.zeros(ctx.shape, dtype=bool)
-            border[[0, -1], :, :] = True
-            border[:, [0, -1], :] = True
-            border[:, :, [0, -1]] = True
-            markers[border & (markers == 0)] = background
         marker_image = sitk.GetImageFromArray(markers)
         marker_image.CopyInformation(gradient)
         labels = sitk.GetArrayViewFromImage(
-            sitk.MorphologicalWatershedFromMarkers(gradient, marker_image, markWatershedLine=False, fullyConnected=False)
+            sitk.MorphologicalWatershedFromMarkers(
+                gradient, marker_image, markWatershedLine=False, fullyConnected=False
+            )
         )
         segments = []
         for value, name in enumerate(names, start=1):
             mask = ctx.finish(labels == value)
             if np.any(mask):
-                segments.append(SegmentMask(name if len(names) > 1 else p["segment_name"], mask))
+                segments.append(SegmentMask(name, mask))
         if not segments:
             raise UserInputError(f"{ctx.method_name}: every basin is empty")
         return segments
     labels = sitk.GetArrayViewFromImage(
         sitk.MorphologicalWatershed(gradient, level=float(p["level"]), markWatershedLine=False, fullyConnected=False)
     )
+    if groups:  # one seed group: the basins that contain its seeds
+        seeds = next(iter(groups.values()))
+        wanted = np.unique(labels[seeds[:, 2], seeds[:, 1], seeds[:, 0]])
+        mask = ctx.finish(np.isin(labels, wanted[wanted > 0]))
+        require_nonempty(mask, ctx.method_name)
+        return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
     counts = np.bincount(labels.ravel().astype(np.int64))
     counts[0] = 0
     order = np.argsort(counts)[::-1][: int(p["max_segments"])]
@@ -297,7 +329,7 @@ LOWER = Param("lower", float, None, "lowest intensity (default: from the seed ne
 UPPER = Param("upper", float, None, "highest intensity (default: from the seed neighbourhood)", "HU")
 MULTIPLIER = Param("multiplier", float, 2.5, "range = seed mean +/- multiplier x SD", minimum=0.0)
 NEIGHBORHOOD = Param("neighborhood_mm", float, 5.0, "seed neighbourhood radius for statistics", "mm", 0.0)
-LEAK = Param("leak_radius_mm", float, 0.0, "cut bridges thinner than this radius (0 = off)", "mm", 0.0)
+LEAK = Param("leak_radius_mm", float, 5.0, "cut bridges to neighbours thinner than this radius (0 = off)", "mm", 0.0)
 
 METHODS = [
     Method(
@@ -353,8 +385,9 @@ METHODS = [
         "front from the seeds slowed by edges; keeps voxels reached before --stopping-time",
         run_fast_marching,
         (
-            Param("stopping_time", float, 30.0, "arrival time limit (~mm travelled in a homogeneous region)",
-                  minimum=0.0),
+            Param(
+                "stopping_time", float, 30.0, "arrival time limit (~mm travelled in a homogeneous region)", minimum=0.0
+            ),
             Param("sigma_mm", float, 1.5, "edge scale", "mm", 0.01),
             SEGMENT_NAME,
             TERMINOLOGY,
@@ -365,7 +398,7 @@ METHODS = [
     Method(
         "watershed",
         "Watershed",
-        "marker-based from seed groups (border = background if one group), else morphological",
+        "marker-based from >= 2 seed groups, else morphological basins (containing the seeds)",
         run_watershed,
         (
             Param("object_scale_mm", float, 2.0, "gradient smoothing scale", "mm", 0.01),
@@ -373,6 +406,7 @@ METHODS = [
             Param("level", float, 20.0, "flooding level without seeds (gradient units)", minimum=0.0),
             Param("max_segments", int, 10, "largest basins kept without seeds", minimum=1),
             SEGMENT_NAME,
+            TERMINOLOGY,
         ),
         SEEDS_OPTIONAL,
         "region",

@@ -1,0 +1,285 @@
+"""`medseg run` pipelines: validation with YAML lines, per-case isolation, resume, atomic outputs, backends.
+
+Cases are tiny CT phantoms (24x64x64) so the whole module stays within seconds per backend; the Dask test
+adds a real scanner series from ../shared/data when it is present.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+PIPELINE = """\
+version: 1
+name: test-ct
+steps:
+  - load: {}
+  - window:
+      presets: [Lung, Bone]
+      tiles: 4
+  - segment:
+      name: dense
+      method: threshold
+      parameters: {lower: 150, segment_name: Dense}
+  - statistics: {}
+"""
+
+REAL_CT = Path("dcm_qa_ct") / "In" / "Philips" / "S21570" / "S2020"
+
+
+def _phantom(folder: Path, seed: int) -> Path:
+    from MedSegLib.sample_data import write_ct_phantom
+
+    return write_ct_phantom(folder, shape=(16, 64, 64), spacing_mm=(8.0, 6.0, 6.0), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-inputs")
+    a = _phantom(root / "phantomA", seed=1)
+    b = _phantom(root / "phantomB", seed=2)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "IM0001.dcm").write_bytes(b"DICM" + b"\0" * 300)  # not a DICOM image
+    return {"root": root, "a": a, "b": b, "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from MedSegLib.pipeline import parse_pipeline_text
+
+    return parse_pipeline_text(PIPELINE, "test.yaml")
+
+
+def _cases(spec, *folders):
+    from MedSegLib.pipeline import resolve_cases
+
+    return resolve_cases(spec.inputs, [str(f) for f in folders])
+
+
+def _by_id(summary):
+    return {case["id"]: case for case in summary["cases"]}
+
+
+def _case_outputs(out: Path, case_id: str):
+    manifest = json.loads((out / "cases" / case_id / "manifest.json").read_text())
+    return manifest, {o["path"]: o["sha256"] for o in manifest["outputs"]}
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("version: 1\nsteps:\n  - load: {}\n  - segmnt: {method: otsu}\n", 4, ["unknown step 'segmnt'"]),
+        ("steps:\n  - load: {}\n  - window:\n      tiles: many\n", 4, ["tiles", "not of type 'integer'"]),
+        ("steps:\n  - load: {}\n  - segment:\n      method: no-such-method\n", 3, ["no-such-method"]),
+        ("steps:\n  - load: {}\n  - window:\n      presets: [Lung, Nonexistent]\n", 3, ["Nonexistent"]),
+        ("steps:\n  - load: {}\n  - load: [\n", 4, ["YAML syntax error"]),
+        ("name: x\nstepz:\n  - load: {}\n", 1, ["'steps' is a required property", "and 1 more"]),
+        ("steps:\n  - load: {}\n  - window:\n      tiles: 3\n      colour: red\n", 5, ["unknown key 'colour'"]),
+        ("steps:\n  - load: {}\nexecution:\n  workers: -1\n", 4, ["workers"]),
+    ],
+)
+def test_schema_error_names_the_yaml_line(text, line, words):
+    from MedSegLib.errors import UserInputError
+    from MedSegLib.pipeline import parse_pipeline_text
+
+    with pytest.raises(UserInputError) as raised:
+        parse_pipeline_text(text, "p.yaml")
+    message = raised.value.one_line()
+    assert message.startswith(f"p.yaml:{line}: "), message
+    for word in words:
+        assert word in message, message
+
+
+def test_cli_reports_a_bad_pipeline_in_one_line_before_running(tmp_path, inputs, capsys):
+    from MedSegLib.cli.main import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - load: {}\n  - statistics:\n      shape: yes please\n")
+    out = tmp_path / "out"
+    assert main(["run", str(bad), str(inputs["a"]), "-o", str(out), "--workers", "0", "-q"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"{bad}:4:" in error[0] and "shape" in error[0], error
+    assert not out.exists()  # nothing ran
+
+
+def test_shipped_pipelines_are_valid():
+    from MedSegLib.pipeline import load_pipeline
+    from MedSegLib.resources import resource_path
+
+    files = sorted(resource_path("Pipelines").glob("*.yaml"))
+    assert len(files) >= 3
+    for path in files:
+        assert load_pipeline(path).steps
+
+
+# -------------------------------------------------------------------------------- isolation and resume
+
+
+def test_bad_case_fails_alone_and_resume_skips_complete_cases(tmp_path, inputs, spec, runtime):
+    from MedSegLib.cli.main import main
+    from MedSegLib.pipeline.context import sha256_file
+
+    out = tmp_path / "run"
+    pipeline_file = tmp_path / "p.yaml"
+    pipeline_file.write_text(PIPELINE)
+    options = ["-o", str(out), "--workers", "0", "-q"]
+    args = ["run", str(pipeline_file), str(inputs["a"]), str(inputs["broken"])]
+    assert main(args + options) == 1  # one case failed
+    summary = json.loads((out / "summary.json").read_text())
+    cases = _by_id(summary)
+    assert cases["phantomA"]["status"] == "complete"
+    assert cases["broken"]["status"] == "failed" and cases["broken"]["step"] == "load"
+    assert "IM0001.dcm" in cases["broken"]["reason"] or "DICOM" in cases["broken"]["reason"]
+    assert (out / "failed" / "broken.json").is_file()
+    assert not (out / "cases" / "broken").exists()
+    assert not (out / ".staging").exists()
+
+    manifest, outputs = _case_outputs(out, "phantomA")
+    provenance = manifest["provenance"]
+    assert manifest["medseg_version"] == provenance["medseg_version"]
+    assert provenance["input_series_uids"] and provenance["parameters"][2]["params"]["parameters"]["lower"] == 150
+    assert manifest["input"]["hash"] and manifest["pipeline"]["digest"] == spec.digest
+    for relative, digest in outputs.items():  # every output recorded with its checksum
+        assert sha256_file(out / "cases" / "phantomA" / relative) == digest
+    assert {"images/windows_axial.png", "segmentations/dense.seg.nrrd", "statistics/dense.csv"} <= set(outputs)
+    volume = manifest["measurements"]["Volume cm3"]["dense: Dense"]
+    assert volume > 0
+    first_mtime = (out / "cases" / "phantomA" / "manifest.json").stat().st_mtime_ns
+
+    # re-run with one more case: the complete one is skipped, the broken one is tried (and fails) again
+    assert main(args + [str(inputs["b"])] + options) == 1
+    cases = _by_id(json.loads((out / "summary.json").read_text()))
+    assert cases["phantomA"]["status"] == "skipped"
+    assert cases["phantomA"]["measurements"]["Volume cm3"]["dense: Dense"] == volume
+    assert cases["phantomB"]["status"] == "complete"
+    assert cases["broken"]["status"] == "failed"
+    assert (out / "cases" / "phantomA" / "manifest.json").stat().st_mtime_ns == first_mtime
+
+    # changed input data -> the case runs again
+    _phantom(inputs["root"] / "phantomA-changed", seed=7)
+    shutil.rmtree(inputs["a"])
+    shutil.copytree(inputs["root"] / "phantomA-changed", inputs["a"])
+    try:
+        assert main(["run", str(pipeline_file), str(inputs["a"]), "-o", str(out), "--workers", "0", "-q"]) == 0
+        cases = _by_id(json.loads((out / "summary.json").read_text()))
+        assert cases["phantomA"]["status"] == "complete"
+        assert (out / "cases" / "phantomA" / "manifest.json").stat().st_mtime_ns != first_mtime
+    finally:
+        shutil.rmtree(inputs["a"])
+        _phantom(inputs["a"], seed=1)
+
+
+def test_cancel_leaves_no_partial_outputs(tmp_path, inputs, runtime):
+    """Ctrl-C in the middle of a case: the exception propagates and no case folder or staging remains."""
+    from MedSegLib.pipeline import RunOptions, parse_pipeline_text, register_step, run_pipeline
+    from MedSegLib.pipeline.steps import Step
+
+    def interrupt(ctx, params):
+        (ctx.path("images", "half-written.png")).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    register_step(Step("test_interrupt", interrupt, {}, "raises KeyboardInterrupt (test only)"))
+    spec = parse_pipeline_text("steps:\n  - load: {}\n  - test_interrupt: {}\n", "cancel.yaml")
+    out = tmp_path / "cancelled"
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(spec, _cases(spec, inputs["a"]), out, RunOptions(workers=0, quiet=True))
+    assert not (out / "cases").exists()
+    assert not (out / ".staging").exists()
+    assert not (out / "summary.json").exists()
+
+
+def test_unavailable_step_fails_or_is_skipped_by_option(tmp_path, inputs, runtime):
+    from MedSegLib.pipeline import RunOptions, parse_pipeline_text, register_step, run_pipeline
+    from MedSegLib.pipeline.context import StepUnavailable
+    from MedSegLib.pipeline.steps import Step
+
+    def missing(ctx, params):
+        raise StepUnavailable("the frobnicator module is not installed")
+
+    register_step(Step("test_missing", missing, {}, "always unavailable (test only)"))
+    spec = parse_pipeline_text("steps:\n  - load: {}\n  - test_missing: {}\n", "missing.yaml")
+    failed = run_pipeline(spec, _cases(spec, inputs["a"]), tmp_path / "f", RunOptions(workers=0, quiet=True))
+    assert failed["cases"][0]["status"] == "failed" and "frobnicator" in failed["cases"][0]["reason"]
+    skipped = run_pipeline(
+        spec, _cases(spec, inputs["a"]), tmp_path / "s", RunOptions(workers=0, quiet=True, on_unavailable="skip")
+    )
+    case = skipped["cases"][0]
+    assert case["status"] == "complete"
+    assert [s["status"] for s in case["steps"]] == ["ok", "not available"]
+
+
+# -------------------------------------------------------------------------------------------- backends
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, inputs, spec, runtime):
+    """All cases (2 phantoms, the broken one, a real series when present) in this process: the reference."""
+    from conftest import SHARED_DATA
+
+    from MedSegLib.pipeline import RunOptions, run_pipeline
+
+    folders = [inputs["a"], inputs["b"], inputs["broken"]]
+    real = SHARED_DATA / REAL_CT
+    if real.is_dir():
+        folders.append(real)
+    cases = _cases(spec, *folders)
+    out = tmp_path_factory.mktemp("local-run")
+    summary = run_pipeline(spec, cases, out, RunOptions(workers=0, quiet=True))
+    expected = {"phantomA": "complete", "phantomB": "complete", "broken": "failed"}
+    if real.is_dir():
+        expected["S2020"] = "complete"
+    assert {c["id"]: c["status"] for c in summary["cases"]} == expected
+    return {"cases": cases, "out": out, "summary": summary, "expected": expected}
+
+
+def _assert_same_results(reference: Path, other: Path, expected) -> None:
+    for case_id, status in expected.items():
+        if status != "complete":
+            continue
+        reference_manifest, reference_outputs = _case_outputs(reference, case_id)
+        other_manifest, other_outputs = _case_outputs(other, case_id)
+        assert reference_outputs == other_outputs, case_id  # byte-identical images, segmentations, tables
+        assert reference_manifest["measurements"] == other_manifest["measurements"]
+
+
+def test_process_pool_two_workers_matches_in_process(tmp_path, local_run, spec):
+    from MedSegLib.pipeline import RunOptions, run_pipeline
+
+    phantoms = [c for c in local_run["cases"] if c.id in ("phantomA", "phantomB", "broken")]
+    pool = run_pipeline(spec, phantoms, tmp_path / "pool", RunOptions(workers=2, quiet=True))
+    assert pool["backend"] == "process" and pool["workers"] == 2 and pool["threads_per_worker"] >= 1
+    assert {c["id"]: c["status"] for c in pool["cases"]} == {
+        "phantomA": "complete",
+        "phantomB": "complete",
+        "broken": "failed",
+    }
+    assert None not in {c.get("worker_pid") for c in pool["cases"]}
+    _assert_same_results(local_run["out"], tmp_path / "pool", {"phantomA": "complete", "phantomB": "complete"})
+
+
+def test_dask_local_cluster_two_workers_real_and_phantom_cases(tmp_path, local_run, spec):
+    """The issue's proof: 2 phantom + 1 real case + 1 broken case, locally and on a 2-worker LocalCluster."""
+    pytest.importorskip("distributed")
+    from MedSegLib.pipeline import RunOptions, run_pipeline
+
+    cases, expected = local_run["cases"], local_run["expected"]
+    dask = run_pipeline(spec, cases, tmp_path / "dask", RunOptions(workers=2, scheduler="local", quiet=True))
+    assert dask["backend"] == "dask"
+    assert {c["id"]: c["status"] for c in dask["cases"]} == expected
+    assert _by_id(dask)["broken"]["reason"] == _by_id(local_run["summary"])["broken"]["reason"]
+    assert None not in {c.get("worker_pid") for c in dask["cases"] if c["status"] == "complete"}
+    _assert_same_results(local_run["out"], tmp_path / "dask", expected)
+    if "S2020" in expected:
+        manifest, _ = _case_outputs(tmp_path / "dask", "S2020")
+        assert manifest["provenance"]["input_series_uids"][0].startswith("1.")
+    # resume: the complete cases are skipped (nothing left to run, so no cluster is even started)
+    complete = [c for c in cases if expected[c.id] == "complete"]
+    again = run_pipeline(spec, complete, tmp_path / "dask", RunOptions(workers=2, scheduler="local", quiet=True))
+    assert {c["id"]: c["status"] for c in again["cases"]} == {c.id: "skipped" for c in complete}

@@ -1,0 +1,326 @@
+"""Classical segmentation on synthetic data with known truth: every method, validation, post-processing,
+output to segmentation nodes / label maps / surfaces, and the ``medseg segment`` command."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedSegLib.errors import UserInputError
+from MedSegLib.selftests import segmentation_selftests as selftests
+from MedSegLib.selftests.segmentation_selftests import deepest_voxel_ras, dice
+
+CONTRACT_METHODS = (
+    "threshold", "otsu", "multi-otsu", "region-growing", "confidence-connected", "grow-from-seeds",
+    "watershed", "fast-marching", "level-set", "body", "lungs", "airway", "bone", "fat", "muscle",
+)
+
+
+@pytest.fixture(scope="module")
+def phantom(runtime):
+    """(hu, labels, ijk_to_ras) of the synthetic chest CT used by most tests."""
+    from MedSegLib.sample_data import make_ct_phantom
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
+
+    ct = make_ct_phantom(selftests.PHANTOM_SHAPE, selftests.PHANTOM_SPACING, seed=5)
+    ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(ct.spacing[::-1], np.eye(3), ct.origin_lps)
+    return ct.hu, ct.labels, ijk_to_ras
+
+
+def _sample_ras(mask: np.ndarray, ijk_to_ras: np.ndarray, count: int, rng: np.random.Generator, depth_mm=6.0):
+    """Random seed positions at least ``depth_mm`` inside ``mask``."""
+    from MedSegLib.segmentation import postprocess
+    from MedSegLib.volume_nodes import ras_of_voxels
+
+    core = postprocess.margin(mask, -depth_mm, np.linalg.norm(ijk_to_ras[:3, :3], axis=0))
+    voxels = np.argwhere(core)
+    picked = voxels[rng.choice(len(voxels), count, replace=False)]
+    return [tuple(ras_of_voxels(ijk_to_ras, [[i, j, k]])[0]) for k, j, i in picked]
+
+
+@pytest.mark.parametrize("name", sorted(selftests.ALL_CHECKS))
+def test_segmentation_selftests(scene, name, tmp_path):
+    selftests.ALL_CHECKS[name](scene, tmp_path)
+
+
+def test_registry_has_contract_methods_with_declarations():
+    from MedSegLib.segmentation import methods
+
+    registry = methods()
+    assert set(CONTRACT_METHODS) <= set(registry)
+    for method in registry.values():
+        names = [param.name for param in method.params]
+        assert len(names) == len(set(names)), f"{method.name} declares a parameter twice"
+        for param in method.params:
+            assert param.help and param.kind in (int, float, bool, str)
+            if param.default is not None:
+                assert param.validate(param.default, method.name) == param.default
+
+
+def test_threshold_otsu_percentile_exact(phantom):
+    from MedSegLib.segmentation import run_method
+
+    hu, labels, ijk_to_ras = phantom
+    mask = run_method(hu, ijk_to_ras, "threshold", parameters={"lower": -200, "upper": 100})[0].mask
+    assert np.array_equal(mask, (hu >= -200) & (hu <= 100))
+    otsu = run_method(hu, ijk_to_ras, "otsu")[0].mask  # air vs everything else: the patient and table
+    assert dice(otsu & (labels > 0), labels > 0) > 0.85  # lungs are on the dark side
+    high = run_method(hu, ijk_to_ras, "percentile", parameters={"lower_percentile": 99.0})[0].mask
+    assert abs(high.mean() - 0.01) < 0.005
+    classes = run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 3})
+    assert len(classes) == 2 and all(c.mask.any() for c in classes)
+    assert not np.any(classes[0].mask & classes[1].mask)
+
+
+def test_masking_restricts_result(phantom):
+    from MedSegLib.segmentation import run_method
+
+    hu, labels, ijk_to_ras = phantom
+    body = labels > 0
+    inside = run_method(hu, ijk_to_ras, "threshold", mask=body, parameters={"upper": -500})[0].mask
+    assert inside.any() and not np.any(inside & ~body)
+    masked_otsu = run_method(hu, ijk_to_ras, "otsu", mask=body)[0].mask
+    assert not np.any(masked_otsu & ~body)
+
+
+def test_validation_errors(phantom):
+    from MedSegLib.segmentation import run_method
+
+    hu, _, ijk_to_ras = phantom
+    with pytest.raises(UserInputError, match="minimum 300 is greater than maximum 100"):
+        run_method(hu, ijk_to_ras, "threshold", parameters={"lower": 300, "upper": 100})
+    with pytest.raises(UserInputError, match="outside the volume"):
+        run_method(hu, ijk_to_ras, "region-growing", seeds=[(5000.0, 0.0, 0.0)])
+    with pytest.raises(UserInputError, match="empty"):
+        run_method(hu, ijk_to_ras, "threshold", parameters={"lower": 30000})
+    with pytest.raises(UserInputError, match="needs at least one seed"):
+        run_method(hu, ijk_to_ras, "region-growing")
+    with pytest.raises(UserInputError, match="at least two segments"):
+        run_method(hu, ijk_to_ras, "grow-from-seeds", seeds=[(0.0, 0.0, 0.0)])
+    with pytest.raises(UserInputError, match="--classes"):
+        run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 1})
+    with pytest.raises(UserInputError, match="do not apply"):
+        run_method(hu, ijk_to_ras, "otsu", parameters={"lower": 1})
+    with pytest.raises(UserInputError, match="unknown segmentation method"):
+        run_method(hu, ijk_to_ras, "magic")
+
+
+@pytest.mark.parametrize(
+    "method,parameters,label,minimum",
+    [
+        ("region-growing", {}, 3, 0.85),
+        ("confidence-connected", {}, 3, 0.85),
+        ("level-set", {}, 3, 0.8),
+        ("fast-marching", {"stopping_time": 100}, 3, 0.75),
+        ("level-set", {}, 8, 0.7),  # liver: 60 HU beside 30-45 HU tissue with 15 HU noise
+    ],
+)
+def test_seeded_methods_from_one_seed(phantom, method, parameters, label, minimum):
+    from MedSegLib.segmentation import run_method
+
+    hu, labels, ijk_to_ras = phantom
+    truth = labels == label
+    seed = deepest_voxel_ras(truth, ijk_to_ras)
+    mask = run_method(hu, ijk_to_ras, method, seeds=[seed], parameters=parameters)[0].mask
+    score = dice(mask, truth)
+    print(f"phantom label {label} {method}: Dice {score:.3f}")
+    assert score > minimum
+    if label == 3:
+        left = labels == 2
+        assert np.count_nonzero(mask & left) < 0.02 * np.count_nonzero(left), "grew into the other lung"
+
+
+@pytest.mark.parametrize("method", ["grow-from-seeds", "watershed"])
+def test_competing_seeds_split_lungs(phantom, method):
+    """Seeds in the right lung, the left lung and the rest: each segment finds its lung."""
+    from MedSegLib.segmentation import SeedPoint, run_method
+
+    hu, labels, ijk_to_ras = phantom
+    rng = np.random.default_rng(1)
+    right, left = labels == 3, labels == 2
+    seeds = [SeedPoint(p, "right") for p in _sample_ras(right, ijk_to_ras, 3, rng)]
+    seeds += [SeedPoint(p, "left") for p in _sample_ras(left, ijk_to_ras, 3, rng)]
+    seeds += [SeedPoint(p, "other") for p in _sample_ras(~(right | left), ijk_to_ras, 30, rng, 3.0)]
+    segments = {s.name: s.mask for s in run_method(hu, ijk_to_ras, method, seeds=seeds)}
+    assert set(segments) == {"right", "left", "other"}
+    assert dice(segments["right"], right) > 0.85, f"{method} right lung Dice {dice(segments['right'], right):.3f}"
+    assert dice(segments["left"], left) > 0.85, f"{method} left lung Dice {dice(segments['left'], left):.3f}"
+
+
+def test_grow_from_seeds_update_matches_fresh_run_and_is_fast():
+    """Incremental update == fresh run (added and removed seeds), and an added stroke updates fast."""
+    from MedSegLib.segmentation.grow_from_seeds import GrowFromSeeds
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(0, 10, size=(96, 96, 96)).astype(np.float32)
+    image[:, :, 48:] += 200.0
+    seeds = np.zeros(image.shape, dtype=np.uint16)
+    seeds[48, 48, 20] = 1
+    seeds[48, 48, 80] = 2
+    grower = GrowFromSeeds(image)
+    grower.run(seeds)
+    seeds[10:14, 10:14, 30] = 1  # an added stroke
+    started = time.perf_counter()
+    updated = grower.update(seeds).copy()
+    update_seconds = time.perf_counter() - started
+    fresh = GrowFromSeeds(image).run(seeds)
+    assert np.mean(updated == fresh) > 0.999
+    seeds[48, 48, 20] = 0  # a removed seed: its label is recomputed from the remaining ones
+    assert np.mean(grower.update(seeds) == GrowFromSeeds(image).run(seeds)) > 0.999
+    print(f"grow-from-seeds 96^3 update after a stroke: {update_seconds:.3f} s")
+    assert update_seconds < 1.0
+
+
+def test_postprocessing_operations():
+    from MedSegLib.segmentation import postprocess
+
+    spacing = (0.5, 0.5, 2.0)
+    k, j, i = np.meshgrid(np.arange(40), np.arange(80), np.arange(80), indexing="ij")
+    radius = 12.0
+    ball = ((i - 40) * 0.5) ** 2 + ((j - 40) * 0.5) ** 2 + ((k - 20) * 2.0) ** 2 <= radius**2
+    volume = lambda m: m.sum() * 0.5 * 0.5 * 2.0  # noqa: E731
+    grown = postprocess.margin(ball, 4.0, spacing)
+    assert abs(volume(grown) - 4 / 3 * np.pi * 16**3) / (4 / 3 * np.pi * 16**3) < 0.08
+    shrunk = postprocess.margin(ball, -4.0, spacing)
+    assert abs(volume(shrunk) - 4 / 3 * np.pi * 8**3) / (4 / 3 * np.pi * 8**3) < 0.15
+    shell = postprocess.hollow(ball, 2.0, spacing)
+    assert not np.any(shell & ~ball) and shell.sum() < ball.sum() / 2
+    holed = ball & ~(((i - 40) ** 2 + (j - 40) ** 2 + (k - 20) ** 2) <= 9)
+    assert np.array_equal(postprocess.fill_holes(holed), ball)
+    speck = ball.copy()
+    speck[2, 2, 2] = True
+    assert np.array_equal(postprocess.keep_largest_island(speck), ball)
+    assert np.array_equal(postprocess.remove_small_islands(speck, 5), ball)
+    assert len(postprocess.split_islands(speck)) == 2
+    assert np.array_equal(postprocess.logical("subtract", ball, shrunk), ball & ~shrunk)
+    assert np.array_equal(postprocess.logical("invert", ball), ~ball)
+    opened = postprocess.smooth(speck, "opening", 2.0, spacing)
+    assert not opened[2, 2, 2] and not np.any(opened & ~speck)
+    closed = postprocess.smooth(holed, "closing", 3.0, spacing)
+    assert np.all(closed[ball & ~holed]) or closed.sum() >= holed.sum()
+    intensities = np.where(ball, 50, -50)
+    assert not postprocess.mask_by_intensity(ball, intensities, 60, None).any()
+
+
+def vtk_string_reference():
+    import vtk
+
+    return vtk.reference("")
+
+
+def test_segment_volume_node_names_colours_terminology_and_replace(scene):
+    import slicer
+
+    from MedSegLib.segmentation import segment_volume_node
+
+    volume, ct = selftests.phantom_volume(scene)
+    result = segment_volume_node(volume, method="lungs")
+    seg = result.segmentation.GetSegmentation()
+    names = [seg.GetSegment(s).GetName() for s in result.segment_ids]
+    assert names == ["Right lung", "Left lung"]
+    right = seg.GetSegment(result.segment_ids[0])
+    assert "SCT^39607008^Lung" in right.GetTerminology() and "SCT^24028007^Right" in right.GetTerminology()
+    tag = vtk_string_reference()
+    assert right.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag) and tag.get() == right.GetTerminology()
+    assert np.allclose(right.GetColor(), np.array([197, 165, 145]) / 255.0)
+    again = segment_volume_node(volume, result.segmentation, method="lungs")
+    assert seg.GetNumberOfSegments() == 2 and again.segment_ids == result.segment_ids
+    written = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, result.segment_ids[1], volume)
+    assert dice(written.astype(bool), ct.labels == 2) > 0.9
+    # geometry of the segmentation is the volume's
+    assert result.segmentation.GetNodeReference("referenceImageGeometryRef") is volume
+
+
+def test_surface_export_ras_and_lps(scene, tmp_path):
+    import vtk
+
+    from MedSegLib.segmentation import segment_volume_node
+    from MedSegLib.segmentation.output import export_surfaces
+
+    volume, _ = selftests.phantom_volume(scene)
+    result = segment_volume_node(volume, method="bone")
+    bounds = {}
+    for coordinates in ("RAS", "LPS"):
+        files = export_surfaces(result.segmentation, tmp_path / coordinates, "stl", coordinates)
+        stl = [f for f in files if f.suffix == ".stl"]
+        assert len(stl) == 1
+        reader = vtk.vtkSTLReader()
+        reader.SetFileName(str(stl[0]))
+        reader.Update()
+        assert reader.GetOutput().GetNumberOfPoints() > 100
+        bounds[coordinates] = np.array(reader.GetOutput().GetBounds())
+    ras, lps = bounds["RAS"], bounds["LPS"]
+    assert np.allclose(ras[[0, 1]], -lps[[1, 0]], atol=1e-3) and np.allclose(ras[4:], lps[4:], atol=1e-3)
+    obj = export_surfaces(result.segmentation, tmp_path / "obj", "obj")
+    assert any(f.suffix == ".obj" for f in obj)
+
+
+def _write_phantom_nrrd(scene, tmp_path) -> Path:
+    from MedSegLib.node_io import save_node
+
+    volume, _ = selftests.phantom_volume(scene)
+    return save_node(volume, tmp_path / "ct.nrrd")
+
+
+def test_cli_segment_outputs(scene, tmp_path, capsys):
+    from MedSegLib.cli.main import main
+    from MedSegLib.node_io import import_labelmap_as_segmentation, load_segmentation
+
+    ct = _write_phantom_nrrd(scene, tmp_path)
+    assert main(["segment", str(ct), "--method", "lungs", "-o", str(tmp_path / "lungs.seg.nrrd"), "-q"]) == 0
+    seg = load_segmentation(tmp_path / "lungs.seg.nrrd").GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == ["Right lung", "Left lung"]
+    assert "Lung" in seg.GetNthSegment(0).GetTerminology()
+    assert main(["segment", str(ct), "-m", "bone", "-o", str(tmp_path / "bone.nii.gz"), "-q"]) == 0
+    assert (tmp_path / "bone.ctbl").is_file()
+    back = import_labelmap_as_segmentation(tmp_path / "bone.nii.gz").GetSegmentation()
+    assert back.GetNthSegment(0).GetName() == "Bone"
+
+    # seeds: RAS on the command line and a markups file, grouped by name
+    volume, phantom = selftests.phantom_volume(scene)
+    from MedSegLib.volume_nodes import get_ijk_to_ras
+
+    seed = deepest_voxel_ras(phantom.labels == 8, get_ijk_to_ras(volume))
+    out = tmp_path / "liver.seg.nrrd"
+    code = main(["segment", str(ct), "-m", "region-growing", "--seeds", ",".join(f"{v:.2f}" for v in seed),
+                 "--segment-name", "liver", "--fill-holes", "-o", str(out), "--json", "-q"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["segments"] == ["liver"] and summary["parameters"]["fill_holes"] is True
+    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "liver")
+    markups.AddControlPoint(*seed)
+    from MedSegLib.node_io import save_node
+
+    save_node(markups, tmp_path / "liver.mrk.json")
+    assert main(["segment", str(ct), "-m", "region-growing", "--seeds", str(tmp_path / "liver.mrk.json"),
+                 "-o", str(tmp_path / "liver2.seg.nrrd"), "-q"]) == 0
+
+
+def test_cli_errors_and_listing(scene, tmp_path, capsys):
+    from MedSegLib.cli.main import main
+
+    assert main(["segment", "--list-methods"]) == 0
+    listing = capsys.readouterr().out
+    for name in CONTRACT_METHODS:
+        assert f"\n{name} " in "\n" + listing or listing.startswith(name)
+    assert main(["segment", "--list-methods", "--json"]) == 0
+    assert {m["name"] for m in json.loads(capsys.readouterr().out)} >= set(CONTRACT_METHODS)
+    ct = _write_phantom_nrrd(scene, tmp_path)
+    out = str(tmp_path / "x.seg.nrrd")
+    cases = [
+        (["-m", "threshold", "--lower", "300", "--upper", "100"], "greater than maximum"),
+        (["-m", "region-growing", "--seeds", "9999,0,0"], "outside the volume"),
+        (["-m", "region-growing", "--seeds", "1,2"], "3 coordinates"),
+        (["-m", "threshold", "--lower", "40000"], "empty"),
+        (["-m", "otsu", "--iterations", "3"], "do not apply"),
+        (["-m", "nonsense"], "unknown segmentation method"),
+    ]
+    for extra, message in cases:
+        assert main(["segment", str(ct), *extra, "-o", out, "-q"]) == 2
+        assert message in capsys.readouterr().err, extra
+    assert main(["segment", str(ct), "-m", "bone", "-o", str(tmp_path / "x.png")]) == 2
+    assert not Path(out).exists()

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Sliding-window inference: MedSeg vs MONAI ``sliding_window_inference``, side by side in one run.
+
+    .venv/bin/python Testing/benchmarks/bench_deepseg.py [--shape 128 256 256] [--threads N] [--device cpu|cuda]
+
+Network: MONAI UNet(1 -> 5 classes, channels 16-32-64-128, strides 2-2-2, 2 res units), random weights
+(seeded), over a 256x256x128 volume (array 128x256x256), ROI 96^3, overlap 0.25, gaussian blending, fp32.
+Each variant runs in its own process so that its peak RSS is its own; timings exclude imports and model
+construction and include MedSeg's network optimisation (``-opt``), stitching and the final argmax. Every
+argmax is compared with the first variant's (MONAI sw_batch 1, the reference): the goal is >= 2x faster
+at identical argmax. Variants: ``monai-B`` (MONAI, B windows per batch), ``medseg-B`` (eager network),
+``medseg-B-opt`` (traced + frozen network, CPU), ``medseg-B-amp`` (autocast: bf16 on CPU, fp16 on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "MedSegExtension"))
+
+ROI = (96, 96, 96)
+OVERLAP = 0.25
+CLASSES = 5
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _network(kind: str = "unet", classes: int = CLASSES):
+    import torch
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    if kind == "light":  # a 1x1x1 convolution: isolates the stitching's memory and time (--net light)
+        return torch.nn.Conv3d(1, classes, 1).eval()
+    return UNet(3, 1, classes, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
+
+
+def run_variant(variant: str, shape, out_file: str, threads: int, device: str, net_kind: str, classes: int) -> dict:
+    """Run one variant in this process; saves its argmax to ``out_file``."""
+    import numpy as np
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    net = _network(net_kind, classes).to(device)
+    image = torch.rand((1, 1, *shape), generator=torch.Generator().manual_seed(1))
+    warm = torch.zeros((1, 1, *ROI), device=device)
+    with torch.inference_mode():
+        net(warm)  # oneDNN primitives / CUDA context: same for all variants
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    batch = int(variant.split("-")[1])
+    started = time.perf_counter()
+    if variant.startswith("monai"):
+        from monai.inferers import sliding_window_inference
+
+        with torch.inference_mode():
+            logits = sliding_window_inference(image.to(device), ROI, batch, net, overlap=OVERLAP, mode="gaussian")
+        labels = torch.argmax(logits[0], dim=0).to(torch.uint8).cpu().numpy()
+    else:
+        from MedSegLib.deep_learning.inference import optimize_for_cpu
+        from MedSegLib.deep_learning.sliding_window import iter_sliding_window_slabs
+
+        if variant.endswith("-opt") and device == "cpu":
+            net, _ = optimize_for_cpu(net, warm)
+        labels = np.empty(shape, dtype=np.uint8)
+        slabs = iter_sliding_window_slabs(
+            image[0], net, ROI, overlap=OVERLAP, mode="gaussian", sw_batch_size=batch, device=device,
+            amp=variant.endswith("-amp"),
+        )  # fmt: skip
+        for z0, z1, slab in slabs:
+            labels[z0:z1] = torch.argmax(slab, dim=0).to(torch.uint8).numpy()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    np.save(out_file, labels)
+    result = {"variant": variant, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    if device != "cpu":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 256, 256], help="array shape (k j i)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu (the goal's setting) or cuda (GPU check)")
+    parser.add_argument("--variants", nargs="+", default=["monai-1", "monai-4", "medseg-4", "medseg-4-opt"])
+    parser.add_argument("--net", default="unet", choices=["unet", "light"], help="light: 1x1x1 conv (memory check)")
+    parser.add_argument("--classes", type=int, default=CLASSES)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(
+            json.dumps(
+                run_variant(
+                    args.variant, tuple(args.shape), args.out, args.threads, args.device, args.net, args.classes
+                )
+            )
+        )
+        return 0
+
+    import numpy as np
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-deepseg-") as work:
+        for variant in args.variants:
+            out = os.path.join(work, f"{variant}.npy")
+            command = [sys.executable, __file__, "--variant", variant, "--out", out, "--device", args.device,
+                       "--threads", str(args.threads), "--net", args.net, "--classes", str(args.classes),
+                       "--shape", *map(str, args.shape)]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"  {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["labels"] = np.load(out)
+            results.append(result)
+            gpu = f"   peak GPU {result['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in result else ""
+            print(
+                f"  {variant:<13} {result['seconds']:7.2f} s   peak RSS {result['peak_rss_mb']:6.0f} MB{gpu}",
+                flush=True,
+            )
+    if not results:
+        return 1
+    reference = results[0]
+    print(
+        f"\n{'UNet 16-32-64-128 (2 res units)' if args.net == 'unet' else '1x1x1 conv'}, {args.classes} classes, "
+        f"array {tuple(args.shape)} (k j i), ROI 96^3, "
+        f"overlap {OVERLAP}, gaussian, {args.device}; reference: {reference['variant']}"
+    )
+    print(f"{'variant':<13} {'seconds':>8} {'speed-up':>9} {'peak RSS MB':>12}  argmax vs reference")
+    for result in results:
+        flips = float(np.mean(result["labels"] != reference["labels"]))
+        same = "identical" if flips == 0 else f"{flips:.2e} of voxels differ"
+        print(
+            f"{result['variant']:<13} {result['seconds']:8.2f} {reference['seconds'] / result['seconds']:8.2f}x "
+            f"{result['peak_rss_mb']:12.0f}  {same}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
