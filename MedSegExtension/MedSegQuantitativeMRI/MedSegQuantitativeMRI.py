@@ -90,6 +90,7 @@ T1 (needs TR), MOLLI/Look-Locker T1, spin-echo T2 (mono-exponential or EPG with 
 are read from the sequence (DICOM) unless typed in. An optional mask segment restricts the fit (default: Otsu).
 Outputs: the parameter map in ms, M0, R^2 (quality), RMSE and a fit-status map (0 = fitted; bit flags for masked,
 invalid input, at search bound, not converged, degenerate, polarity ambiguous, outside physical range).
+With a mask segment, a table of the map's mean, SD, median and IQR in every segment of that segmentation is added.
 <br><br>Command-line equivalent: <code>medseg qmri t1 --method ir SERIES_DIR -o OUT_DIR</code>.
 """)
         self.parent.acknowledgementText = _("""
@@ -125,6 +126,8 @@ class MedSegQuantitativeMRIParameterNode:
     repetitionTime: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     maskSegmentation: vtkMRMLSegmentationNode
     maskSegmentID: str = ""
+    offsetTerm: bool = False
+    dropFirstEcho: bool = False
     outputMap: vtkMRMLScalarVolumeNode
     outputQuality: vtkMRMLScalarVolumeNode
 
@@ -221,7 +224,10 @@ class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.fitButton.toolTip = _("Fit the model in every (masked) voxel.") if ready else _(
             "Select an input sequence.")
         self.ui.cancelButton.enabled = running
-        self.ui.repetitionTimeSpinBox.enabled = self._parameterNode is not None and self._parameterNode.model == "VFA"
+        model = self._parameterNode.model if self._parameterNode is not None else ""
+        self.ui.repetitionTimeSpinBox.enabled = model == "VFA"
+        self.ui.offsetCheckBox.enabled = model in ("T2 SE", "T2*")
+        self.ui.dropFirstEchoCheckBox.enabled = model == "T2 SE"
 
     def _onProgress(self, fraction: float, message: str = "") -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
@@ -245,6 +251,7 @@ class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                         acquisitionValues=self.logic.parseAcquisitionValues(parameters.acquisitionValues),
                         repetitionTime=parameters.repetitionTime,
                         maskSegmentation=parameters.maskSegmentation, maskSegmentID=parameters.maskSegmentID,
+                        offsetTerm=parameters.offsetTerm, dropFirstEcho=parameters.dropFirstEcho,
                         progressCallback=self._onProgress, cancelToken=self._cancelToken)
                 except OperationCancelled:
                     self.ui.statusLabel.text = _("Cancelled.")
@@ -295,8 +302,8 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
 
     def fit(self, inputSequence, model: str, outputMap=None, outputQuality=None,
             acquisitionValues: Optional[List[float]] = None, repetitionTime: float = 0.0,
-            maskSegmentation=None, maskSegmentID: str = "", progressCallback=None,
-            cancelToken=None) -> Tuple[Any, Any]:
+            maskSegmentation=None, maskSegmentID: str = "", offsetTerm: bool = False,
+            dropFirstEcho: bool = False, progressCallback=None, cancelToken=None) -> Tuple[Any, Any]:
         """Fit ``model`` (panel label or MedSegLib id); creates the parameter map volume if none is given.
 
         Returns (parameter map, goodness-of-fit map or None).
@@ -318,11 +325,19 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
         mask = (maskSegmentation, maskSegmentID) if maskSegmentation is not None and maskSegmentID else None
         primary = {"ir": "T1", "vfa": "T1", "molli": "T1", "t2": "T2", "epg": "T2", "t2star": "T2star"}[modelId]
         reuse = {name: node for name, node in ((primary, outputMap), ("R2", outputQuality)) if node is not None}
+        options = {}
+        if modelId in ("t2", "t2star"):
+            options["offset"] = bool(offsetTerm)
+        if modelId == "t2":
+            options["drop_first_echo"] = bool(dropFirstEcho)
         result, nodes = pipeline.fit_sequence_node(
             inputSequence, modelId, acquisition_values=acquisitionValues,
-            repetition_time_ms=repetitionTime or None, mask=mask, output_nodes=reuse,
+            repetition_time_ms=repetitionTime or None, mask=mask, options=options, output_nodes=reuse,
             progress=progressCallback, cancel=cancelToken)
         self.lastResult = result
+        if maskSegmentation is not None:  # per-segment mean/SD/median/IQR of the map, as a table node
+            self.lastStatistics = pipeline.segment_statistics_table(
+                result, maskSegmentation, nodes[primary], inputSequence.GetScene() or slicer.mrmlScene)
         return nodes[primary], nodes["R2"]
 
 

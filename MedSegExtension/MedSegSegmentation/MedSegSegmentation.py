@@ -48,7 +48,8 @@ def _importMedSegLib(moduleName: str) -> Any:
     except ModuleNotFoundError as error:
         if error.name and error.name.split(".")[0] == "MedSegLib":
             message = _("{module} is not available in this MedSeg build (missing {missing}).").format(
-                module=moduleName, missing=error.name)
+                module=moduleName, missing=error.name
+            )
         else:
             message = _("{module} needs the Python package '{package}'.").format(module=moduleName, package=error.name)
         raise RuntimeError(message) from error
@@ -248,14 +249,19 @@ class MedSegSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             options["fill_holes"] = parameters.fillHoles
             target = None if preview else parameters.outputSegmentation
             result = self.logic.segment(
-                parameters.inputVolume, target, parameters.method, options,
+                parameters.inputVolume,
+                target,
+                parameters.method,
+                options,
                 seeds=[node for node in (parameters.seeds, parameters.otherSeeds) if node is not None],
-                preview=preview)
+                preview=preview,
+            )
             if not preview:
                 parameters.outputSegmentation = result.segmentation
             names = ", ".join(result.segmentation.GetSegmentation().GetSegment(s).GetName() for s in result.segment_ids)
             self.ui.statusLabel.text = _("{segments} in {node} ({seconds:.1f} s).").format(
-                segments=names, node=result.segmentation.GetName(), seconds=sum(result.seconds.values()))
+                segments=names, node=result.segmentation.GetName(), seconds=sum(result.seconds.values())
+            )
 
     def onStatisticsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Statistics failed."), waitCursor=True):
@@ -348,8 +354,15 @@ class MedSegSegmentationLogic(ScriptedLoadableModuleLogic):
         output = _importMedSegLib("MedSegLib.segmentation.output")
         return output.ensure_segmentation_node(inputVolume, segmentation)
 
-    def segment(self, inputVolume, outputSegmentation, method: str, options: Optional[Dict[str, Any]] = None,
-                seeds=None, preview: bool = False) -> Any:
+    def segment(
+        self,
+        inputVolume,
+        outputSegmentation,
+        method: str,
+        options: Optional[Dict[str, Any]] = None,
+        seeds=None,
+        preview: bool = False,
+    ) -> Any:
         """Run a MedSegLib method; returns its SegmentationResult. ``preview`` writes into a separate
         "<volume> preview" segmentation that is replaced on every preview."""
         if inputVolume is None:
@@ -394,8 +407,11 @@ class MedSegSegmentationLogic(ScriptedLoadableModuleLogic):
             node.SetCellText(row, 0, table.names[sid])
             for index, key in enumerate(keys, start=1):
                 value = table.values[sid].get(key)
-                text = " ".join(f"{v:.4g}" for v in value) if isinstance(value, (list, tuple)) else (
-                    "" if value is None else f"{value:.6g}")
+                text = (
+                    " ".join(f"{v:.4g}" for v in value)
+                    if isinstance(value, (list, tuple))
+                    else ("" if value is None else f"{value:.6g}")
+                )
                 node.SetCellText(row, index, text)
         return node
 
@@ -446,7 +462,8 @@ class MedSegSegmentationTest(ScriptedLoadableModuleTest):
         except ImportError as error:
             self.fail(f"{self.SELFTEST_MODULE} cannot be imported: {error}")
         checks = getattr(selftests, "ALL_CHECKS", None) or {
-            name: value for name, value in vars(selftests).items() if name.startswith("check_") and callable(value)}
+            name: value for name, value in vars(selftests).items() if name.startswith("check_") and callable(value)
+        }
         self.assertTrue(checks, f"{self.SELFTEST_MODULE} defines no check_* functions")
         for name, check in sorted(checks.items()):
             with self.subTest(check=name), tempfile.TemporaryDirectory(prefix="MedSegSegmentationTest-") as workDir:

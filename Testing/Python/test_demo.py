@@ -1,4 +1,5 @@
-"""`medseg demo`: the main job end to end, and its .mrb re-opening with identical voxels and geometry."""
+"""`medseg demo`: the main job end to end (report.html, DICOM SEG, scene.mrb), and the .mrb re-opening with
+identical voxels and geometry."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def test_demo_ct_matches_the_phantom_hounsfield_units(demo_run):
     """The CT went through DICOM and back: voxels equal the generator's HU and geometry is LPS->RAS."""
     from MedSegLib.sample_data import make_ct_phantom
 
-    _, array, ijk_to_ras = demo_run
-    phantom = make_ct_phantom(seed=0)
+    summary, array, ijk_to_ras = demo_run
+    phantom = make_ct_phantom(summary["ct_shape"], summary["ct_spacing_mm"], seed=0)
     assert array.shape == phantom.hu.shape
     assert np.array_equal(array, phantom.hu)
     spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
@@ -68,3 +69,42 @@ def test_demo_scene_bundle_reopens_identically(demo_run, runtime):
     by_index = {sequence.GetIndexName(): sequence for sequence in sequences}
     assert by_index["InversionTime"].GetNumberOfDataNodes() == 7
     assert by_index["EchoTime"].GetNumberOfDataNodes() == 32
+
+
+def test_demo_report_is_self_contained_and_lists_every_step(demo_run):
+    import base64
+    import re
+
+    summary, _, _ = demo_run
+    document = open(summary["report"], encoding="utf-8").read()
+    sources = re.findall(r'src="([^"]+)"', document)
+    assert len(sources) >= 8 and all(src.startswith("data:image/") for src in sources)
+    assert "<script" not in document and "http://" not in document and "https://" not in document
+    for uri in sources:
+        assert base64.b64decode(uri.split(",", 1)[1], validate=True)
+    # every step of the demo pipeline ran, or is listed as not available (e.g. no deep-learning model)
+    assert set(summary["steps"]) == {"load", "window", "segment", "deep_segment", "statistics", "qmri", "export_seg"}
+    for step, status in summary["steps"].items():
+        assert status in ("ok", "not available"), (step, status)
+        assert f"<td>{step}</td>" in document
+    for step in ("load", "window", "segment", "statistics", "qmri", "export_seg"):
+        assert summary["steps"][step] == "ok", step
+    assert ("not available" in document) == bool(summary["not_available"])
+    for caption in ("Lung window", "Mediastinum window", "Bone window", "T1 map", "T2 map", "fit curves"):
+        assert caption in document, caption
+
+
+def test_demo_exports_dicom_seg_referencing_the_ct(demo_run):
+    import pydicom
+
+    summary, _, _ = demo_run
+    assert summary["dicom_objects"]
+    seg = pydicom.dcmread(summary["dicom_objects"][0])
+    assert seg.Modality == "SEG"
+    names = {item.SegmentLabel for item in seg.SegmentSequence}
+    assert {"Body", "Bone"} <= names or len(names) >= 3, names
+    referenced = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    from MedSegLib.dicom.loader import load_folder
+
+    ct = [v for v in load_folder(summary["output"] + "/input_dicom/ct")][0]
+    assert referenced == ct.series_uid

@@ -303,8 +303,21 @@ def test_cli_export_seg_pmap_and_read(phantom, scene, tmp_path):
         "--stats",
         tmp_path / "stats.json",
         "--json",
+        "--sr",
+        tmp_path / "sr.dcm",
+        "--deidentify",
     )
-    assert code == 0 and json.loads(out)["valid"] and json.loads(out)["segments"] == list(LABELS.values())
+    summaries = [json.loads(part) for part in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert code == 0 and all(s["valid"] for s in summaries) and summaries[-1]["segments"] == list(LABELS.values())
+    sr_ds, seg_ds = pydicom.dcmread(tmp_path / "sr.dcm"), pydicom.dcmread(tmp_path / "out-seg.dcm")
+    assert sr_ds.PatientIdentityRemoved == seg_ds.PatientIdentityRemoved == "YES"
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in sr_ds.CurrentRequestedProcedureEvidenceSequence
+        for r in s.ReferencedSeriesSequence
+        for i in r.ReferencedSOPSequence
+    }
+    assert seg_ds.SOPInstanceUID in evidence  # one remapping for both: the SR still points at the SEG
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert [row["voxels"] for row in stats] == [int((labels == v).sum()) for v in LABELS]
     code, out = cli(

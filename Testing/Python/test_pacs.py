@@ -118,6 +118,18 @@ def test_cget_into_fresh_database(node, stored, tmp_path):
     assert (result.level, result.received, result.failed) == ("series", stored["count"], 0)
     assert result.series_uids == [stored["series"]]
     _assert_same_series(tmp_path / "db", stored)
+    # the check can fail: one changed voxel in one retrieved file is caught
+    from MedSegLib.dicom.database import DicomDatabase
+
+    with DicomDatabase(tmp_path / "db") as db:
+        victim = db.filesForSeries(stored["series"])[5]
+    ds = pydicom.dcmread(victim)
+    pixels = ds.pixel_array.copy()
+    pixels[10, 10] += 1
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(victim)
+    with pytest.raises(AssertionError):
+        _assert_same_series(tmp_path / "db", stored)
 
 
 def test_cmove_into_fresh_database(node, stored, tmp_path):

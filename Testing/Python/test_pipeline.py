@@ -222,7 +222,6 @@ def test_unavailable_step_fails_or_is_skipped_by_option(tmp_path, inputs, runtim
 def local_run(tmp_path_factory, inputs, spec, runtime):
     """All cases (2 phantoms, the broken one, a real series when present) in this process: the reference."""
     from conftest import SHARED_DATA
-
     from MedSegLib.pipeline import RunOptions, run_pipeline
 
     folders = [inputs["a"], inputs["b"], inputs["broken"]]

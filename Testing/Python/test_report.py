@@ -49,8 +49,9 @@ def run_folder(tmp_path_factory, runtime):
     (broken / "scan.dcm").write_text("not dicom")
     spec = parse_pipeline_text(PIPELINE, "report-test.yaml")
     out = tmp_path_factory.mktemp("report-run")
-    summary = run_pipeline(spec, resolve_cases({}, [str(study), str(ct_only), str(broken)]), out, RunOptions(
-        workers=0, quiet=True))
+    summary = run_pipeline(
+        spec, resolve_cases({}, [str(study), str(ct_only), str(broken)]), out, RunOptions(workers=0, quiet=True)
+    )
     assert {c["id"]: c["status"] for c in summary["cases"]} == {
         "study": "complete",
         "ct_only": "complete",
@@ -199,43 +200,70 @@ def _chromium() -> str:
     pytest.skip("Chromium not installed (Debian package 'chromium'; `make system-packages`)")
 
 
+# Chromium's own background services (updates, network time, sign-in) that headless still contacts; any
+# other request comes from the page.
+_BROWSER_SERVICE_HOSTS = ("update.googleapis.com", "accounts.google.com", "clients2.google.com", "gvt1.com")
+_QUIET_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-client-side-phishing-detection",
+    "--disable-domain-reliability",
+    "--no-pings",
+    "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
+    "--window-size=1280,2000",
+]
+
+
+def _page_requests(requests):
+    def host(line: str) -> str:
+        target = line.split(" ")[1] if " " in line else line
+        return target.split("://")[-1].split("/")[0].split(":")[0]
+
+    return [r for r in requests if not any(host(r).endswith(h) for h in _BROWSER_SERVICE_HOSTS)]
+
+
+def _run_chromium(browser: str, profile: Path, mode: list, uri: str):
+    """Run headless Chromium through a recording proxy; returns (completed process, page requests)."""
+    recorder = _ConnectionRecorder()
+    try:
+        command = [browser, *_QUIET_FLAGS, f"--user-data-dir={profile}"]
+        command += [f"--proxy-server=http://127.0.0.1:{recorder.port}", "--proxy-bypass-list=<-loopback>"]
+        completed = subprocess.run(command + mode + [uri], capture_output=True, text=True, timeout=90)
+    finally:
+        recorder.close()
+    return completed, _page_requests(recorder.requests)
+
+
 def test_report_renders_in_headless_chromium_without_network(run_folder, tmp_path):
     from MedSegLib.report import build_report
 
     browser = _chromium()
     report = build_report(run_folder)
-    recorder = _ConnectionRecorder()
     artifacts = Path(os.environ.get("MEDSEG_TEST_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     screenshot = artifacts / "report-screenshot.png"
-    common = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-default-apps",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--proxy-server=http://127.0.0.1:{recorder.port}",
-        "--proxy-bypass-list=<-loopback>",
-        "--window-size=1280,2000",
-    ]
-    try:
-        shot = subprocess.run(
-            common + [f"--screenshot={screenshot}", report.as_uri()], capture_output=True, text=True, timeout=60
-        )
-        dom = subprocess.run(common + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=60)
-    finally:
-        recorder.close()
+    shot, requests = _run_chromium(browser, tmp_path / "profile", [f"--screenshot={screenshot}"], report.as_uri())
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.is_file() and screenshot.stat().st_size > 20000  # a real page, not a blank one
-    assert recorder.requests == [], recorder.requests
+    assert requests == [], requests
+    dom, requests = _run_chromium(browser, tmp_path / "profile", ["--dump-dom"], report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
+    assert requests == [], requests
     collector = _Collector()
     collector.feed(dom.stdout)  # the DOM as Chromium parsed it
     assert collector.rows["cases-table"] == 3
     assert collector.rows["cohort-volume-cm3"] == 2
     assert sum(1 for tag, _ in collector.tags if tag == "img") >= 10
+
+    # the detector itself: a page with one remote image is caught
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text('<html><body><img src="http://medseg-test.invalid/x.png"></body></html>')
+    _, requests = _run_chromium(browser, tmp_path / "profile", ["--dump-dom"], leaky.as_uri())
+    assert any("medseg-test.invalid" in r for r in requests), requests

@@ -15,8 +15,21 @@ from MedSegLib.selftests import segmentation_selftests as selftests
 from MedSegLib.selftests.segmentation_selftests import deepest_voxel_ras, dice
 
 CONTRACT_METHODS = (
-    "threshold", "otsu", "multi-otsu", "region-growing", "confidence-connected", "grow-from-seeds",
-    "watershed", "fast-marching", "level-set", "body", "lungs", "airway", "bone", "fat", "muscle",
+    "threshold",
+    "otsu",
+    "multi-otsu",
+    "region-growing",
+    "confidence-connected",
+    "grow-from-seeds",
+    "watershed",
+    "fast-marching",
+    "level-set",
+    "body",
+    "lungs",
+    "airway",
+    "bone",
+    "fat",
+    "muscle",
 )
 
 
@@ -286,8 +299,23 @@ def test_cli_segment_outputs(scene, tmp_path, capsys):
 
     seed = deepest_voxel_ras(phantom.labels == 8, get_ijk_to_ras(volume))
     out = tmp_path / "liver.seg.nrrd"
-    code = main(["segment", str(ct), "-m", "region-growing", "--seeds", ",".join(f"{v:.2f}" for v in seed),
-                 "--segment-name", "liver", "--fill-holes", "-o", str(out), "--json", "-q"])
+    code = main(
+        [
+            "segment",
+            str(ct),
+            "-m",
+            "region-growing",
+            "--seeds",
+            ",".join(f"{v:.2f}" for v in seed),
+            "--segment-name",
+            "liver",
+            "--fill-holes",
+            "-o",
+            str(out),
+            "--json",
+            "-q",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["segments"] == ["liver"] and summary["parameters"]["fill_holes"] is True
@@ -296,8 +324,22 @@ def test_cli_segment_outputs(scene, tmp_path, capsys):
     from MedSegLib.node_io import save_node
 
     save_node(markups, tmp_path / "liver.mrk.json")
-    assert main(["segment", str(ct), "-m", "region-growing", "--seeds", str(tmp_path / "liver.mrk.json"),
-                 "-o", str(tmp_path / "liver2.seg.nrrd"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(ct),
+                "-m",
+                "region-growing",
+                "--seeds",
+                str(tmp_path / "liver.mrk.json"),
+                "-o",
+                str(tmp_path / "liver2.seg.nrrd"),
+                "-q",
+            ]
+        )
+        == 0
+    )
 
 
 def test_cli_errors_and_listing(scene, tmp_path, capsys):

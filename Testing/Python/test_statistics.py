@@ -22,9 +22,15 @@ def test_measurement_names_match_segment_statistics():
     assert by_key[f"{LABELMAP}.volume_cm3"] == ("Volume cm3", "cm3")
     assert by_key[f"{LABELMAP}.surface_area_mm2"] == ("Surface mm2", "mm2")
     assert by_key[f"{LABELMAP}.centroid_ras"][0] == "Centroid"
-    for key, name in (("min", "Minimum"), ("max", "Maximum"), ("mean", "Mean"), ("median", "Median"),
-                      ("stdev", "Standard deviation"), ("percentile_05", "Percentile 5"),
-                      ("percentile_95", "Percentile 95")):
+    for key, name in (
+        ("min", "Minimum"),
+        ("max", "Maximum"),
+        ("mean", "Mean"),
+        ("median", "Median"),
+        ("stdev", "Standard deviation"),
+        ("percentile_05", "Percentile 5"),
+        ("percentile_95", "Percentile 95"),
+    ):
         assert by_key[f"{SCALAR}.{key}"][0] == name
 
 
@@ -125,12 +131,15 @@ def test_cli_stats(scene, tmp_path, capsys):
     assert [s["name"] for s in data["segments"]] == ["Right lung", "Left lung"]
     assert all(s[f"{LABELMAP}.volume_mm3"] > 0 for s in data["segments"])
     assert main(["segment", str(ct), "-m", "bone", "-o", str(tmp_path / "bone.nii.gz"), "-q"]) == 0
-    assert main(["stats", str(ct), str(tmp_path / "bone.nii.gz"), "-o", str(tmp_path / "b.csv"), "--no-shape",
-                 "-q"]) == 0
+    assert (
+        main(["stats", str(ct), str(tmp_path / "bone.nii.gz"), "-o", str(tmp_path / "b.csv"), "--no-shape", "-q"]) == 0
+    )
     rows = list(csv.reader((tmp_path / "b.csv").open()))
     assert rows[1][0] == "Bone" and "Surface mm2" not in rows[0]
     assert main(["stats", str(ct), str(tmp_path / "bone.nii.gz"), "-o", str(tmp_path / "b.txt")]) == 2
     assert "csv or .json" in capsys.readouterr().err
-    assert main(["stats", str(ct), str(tmp_path / "bone.nii.gz"), "-o", str(tmp_path / "c.csv"),
-                 "--segments", "Liver"]) == 2
+    assert (
+        main(["stats", str(ct), str(tmp_path / "bone.nii.gz"), "-o", str(tmp_path / "c.csv"), "--segments", "Liver"])
+        == 2
+    )
     assert "no segment named 'Liver'" in capsys.readouterr().err

@@ -114,8 +114,10 @@ def run_demo(output_dir: Path, seed: int = 0, quiet: bool = False) -> Dict[str, 
     manifest = json.loads((output_dir / "cases" / CASE_ID / "manifest.json").read_text(encoding="utf-8"))
 
     ct_node = _first_node(scene, "vtkMRMLScalarVolumeNode", lambda n: "CT" in n.GetName())
-    mr_nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSequenceNode") for i in range(scene.GetNumberOfNodesByClass(
-        "vtkMRMLSequenceNode"))]
+    mr_nodes = [
+        scene.GetNthNodeByClass(i, "vtkMRMLSequenceNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))
+    ]
     display = ct_node.GetScalarVolumeDisplayNode()
     level, width = display.GetLevel(), display.GetWindow()
 

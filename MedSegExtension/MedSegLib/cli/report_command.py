@@ -1,6 +1,6 @@
 """``medseg report``: a self-contained HTML report (images embedded, no network) of a ``medseg run`` folder.
 
-    medseg report OUTDIR [-o report.html] [--title TEXT]
+medseg report OUTDIR [-o report.html] [--title TEXT]
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ ACTIONS: Dict[str, str] = {
         ),
         "Z",
     ),
+    "ReferencedPerformedProcedureStepSequence": "Z",  # Type 2 in SR documents: emptied, not removed
     "DeviceSerialNumber": "D",  # Type 1 in enhanced equipment (SEG, Parametric Map): dummy, not removed
     **dict.fromkeys(
         (
@@ -108,7 +109,6 @@ ACTIONS: Dict[str, str] = {
             "ScheduledProcedureStepID",
             "ReferencedPatientSequence",
             "ReferencedStudySequence",
-            "ReferencedPerformedProcedureStepSequence",
             "ProcedureCodeSequence",
             "AdmissionID",
             "IssuerOfAdmissionID",

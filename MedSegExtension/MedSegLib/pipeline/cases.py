@@ -38,7 +38,7 @@ class CaseSpec:
         }
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "CaseSpec":
+    def from_json(cls, data: Dict[str, Any]) -> CaseSpec:
         return cls(
             data["id"], data["inputs"], data.get("label", ""), data.get("input_hash", ""), data.get("hash_error", "")
         )

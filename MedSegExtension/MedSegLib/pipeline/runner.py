@@ -467,7 +467,7 @@ def _run_on_pool(
                     results[case.id] = _crashed(case, out_root, pipeline, _one_line(error))
                     progress.event({"case": case.id, "event": "done", "status": "failed", "reason": _one_line(error)})
             if broken:  # every future of a broken pool fails; requeue the innocent ones on a fresh pool
-                for future, (case, crashes) in list(running.items()):
+                for case, crashes in list(running.values()):
                     queue.insert(0, (case, crashes))
                 running.clear()
                 executor.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from MedSegLib.errors import UserInputError
 
@@ -119,7 +119,7 @@ class PipelineSpec:
         }
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "PipelineSpec":
+    def from_json(cls, data: Dict[str, Any]) -> PipelineSpec:
         steps = [StepSpec(s["type"], dict(s.get("params") or {}), s["id"]) for s in data["steps"]]
         return cls(
             data["name"],

@@ -144,17 +144,133 @@ def _refine_one(y, cut, u, edge, times, tr, kind, uniform, log_lo, log_hi, step,
     return u, max(rss, 0.0), c1, c2, degenerate, bracketed, at_bound
 
 
+@_jit()
+def _gn_pass(y, cut, times, tr, kind, uniform, u):
+    """One pass over the samples at theta = e^u: (RSS, c1, c2, degenerate, Gauss-Newton step in u).
+
+    Variable projection with Kaufman's Jacobian: J = (I - P) dPhi/du c; the step J.r / J.J uses only sums, and
+    dPhi/du = t r e^(-t r) needs no extra exponential.
+    """
+    n = y.shape[0]
+    rate = math.exp(-u)
+    value = 0.0
+    factor = 0.0
+    if uniform:
+        value = math.exp(-times[0] * rate)
+        factor = math.exp(-(times[1] - times[0]) * rate)
+    a11 = 0.0
+    a12 = 0.0
+    a22 = 0.0
+    r1 = 0.0
+    r2 = 0.0
+    yy = 0.0
+    d1y = 0.0
+    d2y = 0.0
+    d1f1 = 0.0
+    d1f2 = 0.0
+    d2f1 = 0.0
+    d2f2 = 0.0
+    d1d1 = 0.0
+    d1d2 = 0.0
+    d2d2 = 0.0
+    for i in range(n):
+        yi = y[i]
+        if i < cut:
+            yi = -yi
+        if uniform:
+            e = value
+            value *= factor
+        else:
+            e = math.exp(-times[i] * rate)
+        de = times[i] * rate * e
+        if kind == 0:
+            f1, f2, d1, d2 = e, 0.0, de, 0.0
+        elif kind == 1:
+            f1, f2, d1, d2 = e, 1.0, de, 0.0
+        elif kind == 2:
+            f1, f2, d1, d2 = 1.0, e, 0.0, de
+        else:
+            e_tr = math.exp(-tr[i] * rate)
+            f1, f2, d1, d2 = 1.0 + e_tr, e, tr[i] * rate * e_tr, de
+        yy += yi * yi
+        a11 += f1 * f1
+        a12 += f1 * f2
+        a22 += f2 * f2
+        r1 += f1 * yi
+        r2 += f2 * yi
+        d1y += d1 * yi
+        d2y += d2 * yi
+        d1f1 += d1 * f1
+        d1f2 += d1 * f2
+        d2f1 += d2 * f1
+        d2f2 += d2 * f2
+        d1d1 += d1 * d1
+        d1d2 += d1 * d2
+        d2d2 += d2 * d2
+    if kind == 0:
+        if a11 <= 1e-300:
+            return yy, 0.0, 0.0, True, 0.0
+        c1 = r1 / a11
+        c2 = 0.0
+        rss = yy - c1 * r1
+        jr = c1 * (d1y - c1 * d1f1)
+        jj = c1 * c1 * (d1d1 - d1f1 * d1f1 / a11)
+    else:
+        det = a11 * a22 - a12 * a12
+        if det <= 1e-12 * a11 * a22:
+            c1 = r1 / a11 if a11 > 0 else 0.0
+            return yy - c1 * r1, c1, 0.0, True, 0.0
+        c1 = (a22 * r1 - a12 * r2) / det
+        c2 = (a11 * r2 - a12 * r1) / det
+        rss = yy - c1 * r1 - c2 * r2
+        gy = c1 * d1y + c2 * d2y
+        gf1 = c1 * d1f1 + c2 * d2f1
+        gf2 = c1 * d1f2 + c2 * d2f2
+        gg = c1 * c1 * d1d1 + 2.0 * c1 * c2 * d1d2 + c2 * c2 * d2d2
+        jr = gy - c1 * gf1 - c2 * gf2
+        # (gf1, gf2) A^-1 (gf1, gf2)^T with A = [[a11, a12], [a12, a22]]
+        projected = (a22 * gf1 * gf1 - 2.0 * a12 * gf1 * gf2 + a11 * gf2 * gf2) / det
+        jj = gg - projected
+    step = jr / jj if jj > 0 else 0.0
+    return rss, c1, c2, False, step
+
+
+@_jit()
+def _gauss_newton(y, cut, g, times, tr, kind, uniform, log_lo, log_hi, step, n_grid, iterations):
+    """Safeguarded Gauss-Newton on the reduced cost from grid point ``g`` (steps capped at one grid step,
+    halved back towards the best point when the cost rises). Returns (u, rss, c1, c2, degenerate, converged,
+    at_bound)."""
+    edge = g == 0 or g == n_grid - 1
+    u = log_lo + step * g
+    best_u = u
+    best = _gn_pass(y, cut, times, tr, kind, uniform, u)
+    converged = False
+    delta = min(max(best[4], -step), step)
+    for _ in range(iterations):
+        if abs(delta) < 1e-9:
+            converged = True
+            break
+        trial_u = min(max(best_u + delta, log_lo), log_hi)
+        trial = _gn_pass(y, cut, times, tr, kind, uniform, trial_u)
+        if trial[0] <= best[0]:
+            best_u = trial_u
+            best = trial
+            delta = min(max(trial[4], -step), step)
+        else:
+            delta *= 0.5
+    rss, c1, c2, degenerate = best[0], best[1], best[2], best[3]
+    at_bound = best_u <= log_lo + 1e-9 or best_u >= log_hi - 1e-9 or (edge and not converged)
+    return best_u, max(rss, 0.0), c1, c2, degenerate, converged, at_bound
+
+
 def _refine_all(y, cuts, g_best, times, tr, kind, uniform, log_lo, log_hi, step, n_grid, rounds, results):
     n_vox = y.shape[0]
     n_cand = cuts.shape[1]
     for v in _prange(n_vox):
         best_rss = np.inf
         for c in range(n_cand):  # every polarity candidate is refined exactly: near-ties are common at the null
-            u0, estimate, edge = _grid_parabola(
-                y[v], cuts[v, c], g_best[v, c], times, tr, kind, uniform, log_lo, step, n_grid
-            )
-            u, rss, c1, c2, degenerate, bracketed, at_bound = _refine_one(
-                y[v], cuts[v, c], u0, edge, times, tr, kind, uniform, log_lo, log_hi, step, rounds
+            u, rss, c1, c2, degenerate, bracketed, at_bound = _gauss_newton(
+                y[v], cuts[v, c], g_best[v, c], times, tr, kind, uniform, log_lo, log_hi, step, n_grid, rounds
             )
             if rss < best_rss:
                 best_rss = rss

@@ -210,7 +210,8 @@ def fit_separable(
             g_best = np.stack([_grid_argmax(yc * signs, q32, grid_size, k) for signs in candidates], axis=1)
             try:
                 out = _kernels.refine(
-                    yc, cuts, g_best, kernel[1], kernel[2], kernel[0], log_lo, log_hi, step, grid_size, refine_rounds
+                    yc, cuts, g_best, kernel[1], kernel[2], kernel[0], log_lo, log_hi, step, grid_size,
+                    4 * refine_rounds,  # Gauss-Newton iterations (one pass each; most voxels stop after 3-4)
                 )
             except Exception:  # noqa: BLE001 - numba cannot compile or cache here: the numpy path below is exact too
                 _kernels.AVAILABLE = False

@@ -14,7 +14,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from MedSegLib.errors import UserInputError
 
@@ -131,8 +131,10 @@ def _cohort_section(summary: Dict[str, Any]) -> str:
         ]
         for c in cases
     ]
-    parts = ['<section id="cohort"><h2>Cohort</h2>', _table(["Case", "Status", "Input", "Seconds", "Reason"], rows,
-                                                              "cases-table")]
+    parts = [
+        '<section id="cohort"><h2>Cohort</h2>',
+        _table(["Case", "Status", "Input", "Seconds", "Reason"], rows, "cases-table"),
+    ]
     for group, columns in cohort_tables(cases).items():
         with_data = [i for i in ids if any(i in values for values in columns.values())]
         table_rows = [[case_id] + [columns[col].get(case_id) for col in columns] for case_id in with_data]
@@ -183,8 +185,10 @@ def _case_section(entry: Dict[str, Any], out_root: Path) -> str:
         parts.append(
             _table(
                 ["Step", "Status", "Seconds", "Note"],
-                [[s.get("id"), _Raw(_status(s.get("status", "?"))), s.get("seconds"), s.get("message", "")] for s in
-                 steps],
+                [
+                    [s.get("id"), _Raw(_status(s.get("status", "?"))), s.get("seconds"), s.get("message", "")]
+                    for s in steps
+                ],
                 f"steps-{case_id}",
             )
         )
@@ -207,16 +211,31 @@ def _case_section(entry: Dict[str, Any], out_root: Path) -> str:
         parts.append(
             _table(
                 ["File", "Kind", "Step", "Bytes", "SHA-256"],
-                [[o["path"], o.get("kind"), o.get("step"), o.get("bytes"), _Raw(f"<code>{_e(o.get('sha256', '')[:16])}"
-                                                                                  "…</code>")] for o in outputs],
+                [
+                    [
+                        o["path"],
+                        o.get("kind"),
+                        o.get("step"),
+                        o.get("bytes"),
+                        _Raw(f"<code>{_e(o.get('sha256', '')[:16])}…</code>"),
+                    ]
+                    for o in outputs
+                ],
             )
         )
     if provenance:
-        rows = [[key, provenance[key]] for key in ("medseg_version", "slicer_core_version", "python", "host")
-                if key in provenance]
+        rows = [
+            [key, provenance[key]]
+            for key in ("medseg_version", "slicer_core_version", "python", "host")
+            if key in provenance
+        ]
         for name, model in (provenance.get("models") or {}).items():
-            rows.append([f"model ({name})", f"{model.get('name')} {model.get('version')} weights sha256 "
-                                            f"{model.get('weights_sha256', '')}"])
+            rows.append(
+                [
+                    f"model ({name})",
+                    f"{model.get('name')} {model.get('version')} weights sha256 {model.get('weights_sha256', '')}",
+                ]
+            )
         for fit_id, fit in (provenance.get("qmri") or {}).items():
             rows.append([f"qMRI fit ({fit_id})", json.dumps(fit.get("protocol", {}), default=str)[:300]])
         if provenance.get("input_series_uids"):
@@ -236,19 +255,24 @@ def render_report(summary: Dict[str, Any], out_root: Path, title: str = "", intr
     header = (
         f"<header><h1>{_e(title)}</h1>"
         f"<p>Pipeline <b>{_e(pipeline.get('name'))}</b> ({len(pipeline.get('steps', []))} steps: "
-        f"{_e(', '.join(s['id'] for s in pipeline.get('steps', [])))}) &middot; MedSeg {_e(summary.get('medseg_version'))}"
+        f"{_e(', '.join(s['id'] for s in pipeline.get('steps', [])))}) &middot; "
+        f"MedSeg {_e(summary.get('medseg_version'))}"
         f" &middot; {_e(summary.get('backend'))} backend, {_e(summary.get('workers'))} worker(s)</p>"
         f"<p>{counts.get('complete', 0)} complete, {counts.get('skipped', 0)} skipped (complete earlier), "
         f"{counts.get('failed', 0)} failed &middot; finished {_e(summary.get('finished'))} in "
         f"{_e(summary.get('seconds'))} s</p></header>"
     )
-    nav = "<nav>" + "".join(f'<a href="#case-{_e(c["id"])}">{_e(c["id"])}</a>' for c in summary.get("cases", [])) + "</nav>"
+    nav = (
+        "<nav>"
+        + "".join(f'<a href="#case-{_e(c["id"])}">{_e(c["id"])}</a>' for c in summary.get("cases", []))
+        + "</nav>"
+    )
     body = [_cohort_section(summary)] + [_case_section(entry, out_root) for entry in summary.get("cases", [])]
     intro_html = f"<section><p>{intro}</p></section>" if intro else ""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'\">"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{header}<main>{nav}{intro_html}"
         + "".join(body)

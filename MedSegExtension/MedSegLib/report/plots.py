@@ -152,7 +152,9 @@ def fit_curves(series: Sequence[Dict[str, Any]], xlabel: str, ylabel: str, title
     return _svg_lines(series, xlabel, ylabel, title)
 
 
-def bar_chart(categories: Sequence[str], groups: Dict[str, Sequence[Optional[float]]], ylabel: str, title: str) -> Figure:
+def bar_chart(
+    categories: Sequence[str], groups: Dict[str, Sequence[Optional[float]]], ylabel: str, title: str
+) -> Figure:
     """Grouped bars: one group per category (case), one bar per series (segment / region)."""
     if use_matplotlib():
         figure = _canvas(max(4.0, 0.5 + 0.35 * len(categories) * max(1, len(groups))), 3.4)
@@ -215,8 +217,10 @@ def _svg_lines(series: Sequence[Dict[str, Any]], xlabel: str, ylabel: str, title
         return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
 
     parts = _svg_frame(width, height, title, xlabel, ylabel)
-    parts.append(f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-                 'fill="none" stroke="#444"/>')
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+        'fill="none" stroke="#444"/>'
+    )
     for tick in _ticks(x0, x1):
         parts.append(f'<text x="{px(tick):.1f}" y="{height - bottom + 14}" text-anchor="middle">{tick:g}</text>')
     for tick in _ticks(y0, y1):
@@ -235,7 +239,9 @@ def _svg_lines(series: Sequence[Dict[str, Any]], xlabel: str, ylabel: str, title
     return Figure("svg", "".join(parts).encode("utf-8"))
 
 
-def _svg_bars(categories: Sequence[str], groups: Dict[str, Sequence[Optional[float]]], ylabel: str, title: str) -> Figure:
+def _svg_bars(
+    categories: Sequence[str], groups: Dict[str, Sequence[Optional[float]]], ylabel: str, title: str
+) -> Figure:
     width = max(420, 80 + 26 * len(categories) * max(1, len(groups)) + 170)
     height, left, right, top, bottom = 320, 60, 170, 26, 60
     values = [v for vs in groups.values() for v in vs if v is not None and math.isfinite(v)]
@@ -253,20 +259,26 @@ def _svg_bars(categories: Sequence[str], groups: Dict[str, Sequence[Optional[flo
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#ddd"/>')
     for index, category in enumerate(categories):
         centre = left + slot * (index + 0.5)
-        parts.append(f'<text x="{centre:.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">'
-                     f"{html.escape(category[:18])}</text>")
+        parts.append(
+            f'<text x="{centre:.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">'
+            f"{html.escape(category[:18])}</text>"
+        )
         for number, series in enumerate(groups.values()):
             value = series[index]
             if value is None or not math.isfinite(value):
                 continue
             x = centre - slot * 0.4 + number * bar
             top_y, base = py(max(value, 0.0)), py(min(value, 0.0))
-            parts.append(f'<rect x="{x:.1f}" y="{top_y:.1f}" width="{bar:.1f}" height="{base - top_y:.1f}" '
-                         f'fill="{_PALETTE[number % len(_PALETTE)]}"/>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{top_y:.1f}" width="{bar:.1f}" height="{base - top_y:.1f}" '
+                f'fill="{_PALETTE[number % len(_PALETTE)]}"/>'
+            )
     for number, name in enumerate(list(groups)[:14]):
         legend_y = top + 14 + 16 * number
-        parts.append(f'<rect x="{width - right + 10}" y="{legend_y - 9}" width="10" height="10" '
-                     f'fill="{_PALETTE[number % len(_PALETTE)]}"/>')
+        parts.append(
+            f'<rect x="{width - right + 10}" y="{legend_y - 9}" width="10" height="10" '
+            f'fill="{_PALETTE[number % len(_PALETTE)]}"/>'
+        )
         parts.append(f'<text x="{width - right + 24}" y="{legend_y}">{html.escape(name[:26])}</text>')
     parts.append("</svg>")
     return Figure("svg", "".join(parts).encode("utf-8"))

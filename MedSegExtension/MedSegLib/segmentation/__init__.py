@@ -12,8 +12,8 @@ from MedSegLib.segmentation.api import (
     methods,
     register_method,
     run_method,
-    segment_volume_node,
     seeds_from_markups,
+    segment_volume_node,
 )
 from MedSegLib.segmentation.core import SeedPoint, SegmentMask
 

@@ -254,8 +254,7 @@ def segment_volume_node(
     started = time.perf_counter()
     segmentation = ensure_segmentation_node(volume, segmentation)
     ids = [
-        write_segment(segmentation, volume, s.name, s.mask, s.terminology, s.color, replace_existing)
-        for s in segments
+        write_segment(segmentation, volume, s.name, s.mask, s.terminology, s.color, replace_existing) for s in segments
     ]
     timings["write"] = time.perf_counter() - started
     method_params, post_params = split_parameters(method, given)

@@ -296,7 +296,14 @@ class GrowFromSeeds:
             removed = np.zeros(65536, dtype=np.bool_)
             removed[removed_labels] = True
             size = _invalidate(
-                np.array(self.shape, dtype=np.int64), self.allowed, self.distance, self.labels, removed, heap, keys, pos,
+                np.array(self.shape, dtype=np.int64),
+                self.allowed,
+                self.distance,
+                self.labels,
+                removed,
+                heap,
+                keys,
+                pos,
                 size,
             )
             # Remaining seeds of the invalidated labels restart their growth.

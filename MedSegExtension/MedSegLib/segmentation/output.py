@@ -166,7 +166,9 @@ def export_surfaces(
     )
     if not ok:
         raise UserInputError("could not export closed surfaces", destination)
-    return sorted(path for path in destination.iterdir() if path not in before or path.suffix.lower() == "." + file_format)
+    return sorted(
+        path for path in destination.iterdir() if path not in before or path.suffix.lower() == "." + file_format
+    )
 
 
 def create_closed_surfaces(segmentation: Any, smoothing: Optional[float] = None) -> None:
@@ -175,8 +177,10 @@ def create_closed_surfaces(segmentation: Any, smoothing: Optional[float] = None)
 
     seg = segmentation.GetSegmentation()
     if smoothing is not None:
-        seg.SetConversionParameter(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule.GetSmoothingFactorParameterName(),
-                                   str(float(smoothing)))
+        seg.SetConversionParameter(
+            slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule.GetSmoothingFactorParameterName(),
+            str(float(smoothing)),
+        )
     if not segmentation.CreateClosedSurfaceRepresentation():
         raise UserInputError(f"could not create closed surfaces for {segmentation.GetName()!r}")
 

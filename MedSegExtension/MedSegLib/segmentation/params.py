@@ -58,9 +58,7 @@ class Param:
             else:
                 value = self.kind(value)
         except (TypeError, ValueError):
-            raise UserInputError(
-                f"{method}: {self.cli_flag} expects {self.kind.__name__}, got {value!r}"
-            ) from None
+            raise UserInputError(f"{method}: {self.cli_flag} expects {self.kind.__name__}, got {value!r}") from None
         if self.choices is not None and value not in self.choices:
             raise UserInputError(f"{method}: {self.cli_flag} must be one of {', '.join(self.choices)}, got {value!r}")
         if self.kind in (int, float):

@@ -245,7 +245,8 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
 def _gradient_inside(image: Any, sigma_mm: float, inside: np.ndarray) -> np.ndarray:
     import SimpleITK as sitk
 
-    gradient = sitk.GetArrayViewFromImage(sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm)))
+    gradient_image = sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm))
+    gradient = sitk.GetArrayViewFromImage(gradient_image)  # a view: keep gradient_image alive while used
     return gradient[inside] if np.any(inside) else gradient.ravel()
 
 
@@ -303,7 +304,7 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         if not segments:
             raise UserInputError(f"{ctx.method_name}: every basin is empty")
         return segments
-    labels = sitk.GetArrayViewFromImage(
+    labels = sitk.GetArrayFromImage(
         sitk.MorphologicalWatershed(gradient, level=float(p["level"]), markWatershedLine=False, fullyConnected=False)
     )
     if groups:  # one seed group: the basins that contain its seeds

@@ -125,7 +125,7 @@ class SegmentStatisticsTable:
             ],
         }
 
-    def write(self, path: Union[str, "os.PathLike[str]"]) -> Path:
+    def write(self, path: Union[str, os.PathLike[str]]) -> Path:
         """CSV (one row per segment, first column "Segment" as Slicer) or JSON, chosen by extension."""
         from MedSegLib.atomic import atomic_output
 

@@ -1,0 +1,194 @@
+"""Benchmark: classical segmentation methods, MedSeg vs the bare SimpleITK call (not a pytest test).
+
+For each method, in the same run on the same synthetic CT (default 300 x 512 x 512 int16, the MedSeg
+phantom), side by side:
+- ``bare``: the SimpleITK filter(s) the method is built on, called directly on a prepared sitk image;
+- ``medseg``: ``run_method`` on the numpy volume (incl. the numpy->sitk copy, seed conversion, validation);
+- ``node``: ``segment_volume_node`` on a volume node (incl. writing the segment into a segmentation node).
+Overhead = medseg / bare - 1 (target <= 10 %). Peak memory above the resident volume is measured with the
+kernel's VmHWM (reset through /proc/self/clear_refs) and reported as a multiple of the input volume's bytes
+(target <= 2x). Grow-from-seeds: first run and the incremental update after an added stroke on 256^3
+(target < 1 s).
+
+Usage: .venv/bin/python Testing/benchmarks/bench_segmentation.py [--shape 300 512 512] [--methods ...] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "MedSegExtension"))
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(function: Callable[[], Any], repeat: int) -> Tuple[float, float]:
+    """(median seconds, peak RSS above the starting RSS in bytes)."""
+    times = []
+    peak = 0
+    for _ in range(repeat):
+        _reset_peak()
+        before = _rss_kib("VmRSS")
+        started = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - started)
+        peak = max(peak, (_rss_kib("VmHWM") - before) * 1024)
+        del result
+    return float(np.median(times)), float(peak)
+
+
+def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, float]) -> Dict[str, Callable[[], Any]]:
+    """The SimpleITK work each method does, without MedSeg (same parameters as MedSeg's defaults)."""
+    import SimpleITK as sitk
+
+    lower, upper = stats["lower"], stats["upper"]
+
+    def otsu():
+        f = sitk.OtsuThresholdImageFilter()
+        f.SetNumberOfHistogramBins(256)
+        return f.Execute(image)
+
+    def multi_otsu():
+        f = sitk.OtsuMultipleThresholdsImageFilter()
+        f.SetNumberOfThresholds(2)
+        f.SetNumberOfHistogramBins(256)
+        return f.Execute(image)
+
+    def watershed():
+        gradient = sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 2.0)
+        return sitk.MorphologicalWatershed(gradient, level=20.0, markWatershedLine=False, fullyConnected=False)
+
+    def fast_marching():
+        floated = sitk.Cast(image, sitk.sitkFloat32)
+        gradient = sitk.GradientMagnitudeRecursiveGaussian(floated, 1.5)
+        speed = sitk.Sigmoid(gradient, alpha=-stats["alpha"], beta=stats["beta"], outputMaximum=1.0,
+                             outputMinimum=0.0)
+        f = sitk.FastMarchingImageFilter()
+        f.AddTrialPoint((*seed_ijk, 0))
+        f.SetStoppingValue(30.0 * 1.05)
+        return sitk.BinaryThreshold(f.Execute(speed), 0, 30.0)
+
+    return {
+        "threshold": lambda: sitk.BinaryThreshold(image, 200.0, 3071.0, 1, 0),
+        "otsu": otsu,
+        "multi-otsu": multi_otsu,
+        "region-growing": lambda: sitk.ConnectedThreshold(image, seedList=[seed_ijk], lower=lower, upper=upper),
+        "confidence-connected": lambda: sitk.ConfidenceConnected(
+            image, seedList=[seed_ijk], numberOfIterations=4, multiplier=2.5, initialNeighborhoodRadius=1),
+        "watershed": watershed,
+        "fast-marching": fast_marching,
+    }
+
+
+MEDSEG_PARAMETERS: Dict[str, Dict[str, Any]] = {
+    "threshold": {"lower": 200.0, "upper": 3071.0},
+    "region-growing": {"leak_radius_mm": 0.0},  # the bare call has no leak cut
+    "confidence-connected": {"leak_radius_mm": 0.0},
+}
+
+
+def grow_from_seeds_update(size: int) -> Dict[str, float]:
+    from MedSegLib.segmentation.grow_from_seeds import GrowFromSeeds
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 10, (size, size, size)).astype(np.float32)
+    image[:, :, size // 2 :] += 200
+    seeds = np.zeros(image.shape, dtype=np.uint16)
+    seeds[size // 2, size // 2, size // 8] = 1
+    seeds[size // 2, size // 2, size - size // 8] = 2
+    grower = GrowFromSeeds(GrowFromSeeds(image[:4, :4, :4]).image)  # compile before timing
+    grower.run(np.pad(np.array([[[1, 2]]], dtype=np.uint16), ((0, 3), (0, 3), (0, 2))))
+    grower = GrowFromSeeds(image)
+    started = time.perf_counter()
+    grower.run(seeds)
+    first = time.perf_counter() - started
+    seeds[size // 10 : size // 10 + 4, size // 10 : size // 10 + 4, size // 8 + 10] = 1
+    started = time.perf_counter()
+    grower.update(seeds)
+    update = time.perf_counter() - started
+    return {"first_run_s": first, "update_s": update, "update_visited": float(grower.last_visited)}
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("K", "J", "I"))
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--growcut-size", type=int, default=256)
+    parser.add_argument("--skip-node", action="store_true", help="skip the segment_volume_node column")
+    args = parser.parse_args(argv)
+
+    import SimpleITK as sitk
+
+    from MedSegLib.runtime import boot
+    from MedSegLib.sample_data import make_ct_phantom
+    from MedSegLib.segmentation import run_method, segment_volume_node
+    from MedSegLib.segmentation.core import SegmentationContext, image_from_array
+    from MedSegLib.segmentation.region import seed_range
+    from MedSegLib.selftests.segmentation_selftests import deepest_voxel_ras
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, add_volume_node, ijk_to_ras_from_geometry
+
+    runtime = boot()
+    started = time.perf_counter()
+    phantom = make_ct_phantom(tuple(args.shape), (300.0 / args.shape[0], 0.78, 0.78), seed=0)
+    ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(phantom.spacing[::-1], np.eye(3), phantom.origin_lps)
+    hu = phantom.hu
+    print(f"volume {hu.shape} int16 ({hu.nbytes / 2**20:.0f} MiB), built in {time.perf_counter() - started:.1f} s")
+    seed = deepest_voxel_ras(phantom.labels == 3, ijk_to_ras)  # right lung
+    ctx = SegmentationContext(hu, ijk_to_ras, method_name="bench")
+    from MedSegLib.segmentation.core import SeedPoint
+
+    ctx.seeds = [SeedPoint(seed)]
+    seed_ijk = tuple(int(v) for v in ctx.seed_indices()[0])
+    lower, upper = seed_range(ctx, {"lower": None, "upper": None, "neighborhood_mm": 5.0, "multiplier": 2.5})
+    image = image_from_array(hu, ijk_to_ras)
+    gradient = sitk.GetArrayFromImage(
+        sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 1.5))
+    k1, k2 = float(np.percentile(gradient[::4, ::4, ::4], 50)), float(np.percentile(gradient[::4, ::4, ::4], 95))
+    stats = {"lower": lower, "upper": upper, "alpha": (k2 - k1) / 6.0, "beta": (k1 + k2) / 2.0}
+    del gradient
+    bare = bare_calls(image, seed_ijk, stats)
+    volume_node = None if args.skip_node else add_volume_node(hu, ijk_to_ras, "bench", runtime.scene)
+    methods = args.methods or list(bare) + ["bone", "lungs", "body"]
+    print(f"{'method':<22}{'bare s':>9}{'medseg s':>10}{'overhead':>10}{'node s':>9}{'peak/in':>9}")
+    for name in methods:
+        parameters = MEDSEG_PARAMETERS.get(name, {})
+        seeds = [seed] if name in ("region-growing", "confidence-connected", "fast-marching") else None
+        bare_s = measure(bare[name], args.repeat)[0] if name in bare else float("nan")
+        medseg_s, peak = measure(lambda: run_method(hu, ijk_to_ras, name, seeds=seeds, parameters=parameters),
+                                 args.repeat)
+        node_s = float("nan")
+        if volume_node is not None:
+            node_s = measure(lambda: segment_volume_node(volume_node, method=name, seeds=seeds,
+                                                         parameters=parameters), 1)[0]
+        overhead = medseg_s / bare_s - 1.0 if bare_s == bare_s else float("nan")
+        print(f"{name:<22}{bare_s:>9.2f}{medseg_s:>10.2f}{overhead * 100:>9.0f}%{node_s:>9.2f}"
+              f"{peak / hu.nbytes:>9.2f}", flush=True)
+    growcut = grow_from_seeds_update(args.growcut_size)
+    print(f"grow-from-seeds {args.growcut_size}^3: first run {growcut['first_run_s']:.2f} s, update after a stroke "
+          f"{growcut['update_s']:.3f} s ({growcut['update_visited']:.0f} voxels re-visited)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
