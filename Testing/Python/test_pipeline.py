@@ -282,3 +282,24 @@ def test_dask_local_cluster_two_workers_real_and_phantom_cases(tmp_path, local_r
     complete = [c for c in cases if expected[c.id] == "complete"]
     again = run_pipeline(spec, complete, tmp_path / "dask", RunOptions(workers=2, scheduler="local", quiet=True))
     assert {c["id"]: c["status"] for c in again["cases"]} == {c.id: "skipped" for c in complete}
+
+
+def test_dicom_database_query_gives_one_case_per_series(tmp_path, inputs, runtime):
+    from MedSegLib.dicom.database import DicomDatabase
+    from MedSegLib.dicom.indexer import import_paths
+    from MedSegLib.pipeline import RunOptions, parse_pipeline_text, resolve_cases, run_pipeline
+    from MedSegLib.sample_data import write_mr_ir_series
+
+    write_mr_ir_series(tmp_path / "files" / "mr", shape=(2, 32, 32), spacing_mm=(4.0, 8.0, 8.0))
+    shutil.copytree(inputs["a"], tmp_path / "files" / "ct")
+    with DicomDatabase(tmp_path / "db") as database:
+        import_paths(database, [str(tmp_path / "files")])
+    text = f"inputs:\n  dicom_db:\n    path: {tmp_path / 'db'}\n    query: {{Modality: CT}}\nsteps:\n  - load: {{}}\n"
+    spec = parse_pipeline_text(text, "db.yaml")
+    cases = resolve_cases(spec.inputs)
+    assert len(cases) == 1 and cases[0].inputs[0]["kind"] == "series" and cases[0].input_hash
+    summary = run_pipeline(spec, cases, tmp_path / "out", RunOptions(workers=0, quiet=True))
+    manifest, _ = _case_outputs(tmp_path / "out", cases[0].id)
+    assert summary["counts"]["complete"] == 1
+    assert [s["modality"] for s in manifest["provenance"]["input_series"]] == ["CT"]
+    assert len(resolve_cases({"dicom_db": {"path": str(tmp_path / "db"), "group_by": "study"}})) >= 1

@@ -226,7 +226,9 @@ def _page_requests(requests):
         target = line.split(" ")[1] if " " in line else line
         return target.split("://")[-1].split("/")[0].split(":")[0]
 
-    return [r for r in requests if not any(host(r).endswith(h) for h in _BROWSER_SERVICE_HOSTS)]
+    # a connection that never sends a request line is Chromium warming up its proxy connection, not a fetch
+    sent = [r for r in requests if r.strip() and r != "?"]
+    return [r for r in sent if not any(host(r).endswith(h) for h in _BROWSER_SERVICE_HOSTS)]
 
 
 def _run_chromium(browser: str, profile: Path, mode: list, uri: str):

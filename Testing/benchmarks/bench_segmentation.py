@@ -5,9 +5,9 @@ phantom), side by side:
 - ``bare``: the SimpleITK filter(s) the method is built on, called directly on a prepared sitk image;
 - ``medseg``: ``run_method`` on the numpy volume (incl. the numpy->sitk copy, seed conversion, validation);
 - ``node``: ``segment_volume_node`` on a volume node (incl. writing the segment into a segmentation node).
-Overhead = medseg / bare - 1 (target <= 10 %). Peak memory above the resident volume is measured with the
-kernel's VmHWM (reset through /proc/self/clear_refs) and reported as a multiple of the input volume's bytes
-(target <= 2x). Grow-from-seeds: first run and the incremental update after an added stroke on 256^3
+Overhead = medseg / bare - 1 (target <= 10 %); every timing follows one untimed warm-up run. Peak memory
+above the resident volume (``run_method``, in a forked child) is reported as a multiple of the input volume's
+bytes (target <= 2x). Grow-from-seeds: first run and the incremental update after an added stroke on 256^3
 (target < 1 s).
 
 Usage: .venv/bin/python Testing/benchmarks/bench_segmentation.py [--shape 300 512 512] [--methods ...] [--repeat 1]
@@ -16,6 +16,7 @@ Usage: .venv/bin/python Testing/benchmarks/bench_segmentation.py [--shape 300 51
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -27,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "MedSegExtension"))
 
 
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -42,19 +35,35 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-def measure(function: Callable[[], Any], repeat: int) -> Tuple[float, float]:
-    """(median seconds, peak RSS above the starting RSS in bytes)."""
-    times = []
-    peak = 0
-    for _ in range(repeat):
-        _reset_peak()
+def peak_memory(function: Callable[[], Any]) -> float:
+    """Peak RSS growth (bytes) while ``function`` runs, measured in a forked child (whose VmHWM starts
+    at its RSS at fork), so earlier peaks of this process do not hide it."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
         before = _rss_kib("VmRSS")
+        function()
+        os.write(write, str((_rss_kib("VmHWM") - before) * 1024).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    return float(text or "nan")
+
+
+def measure(function: Callable[[], Any], repeat: int) -> float:
+    """Median seconds over ``repeat`` runs after one untimed warm-up run."""
+    function()
+    times = []
+    for _ in range(repeat):
         started = time.perf_counter()
-        result = function()
+        function()
         times.append(time.perf_counter() - started)
-        peak = max(peak, (_rss_kib("VmHWM") - before) * 1024)
-        del result
-    return float(np.median(times)), float(peak)
+    return float(np.median(times))
 
 
 def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, float]) -> Dict[str, Callable[[], Any]]:
@@ -81,8 +90,7 @@ def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, floa
     def fast_marching():
         floated = sitk.Cast(image, sitk.sitkFloat32)
         gradient = sitk.GradientMagnitudeRecursiveGaussian(floated, 1.5)
-        speed = sitk.Sigmoid(gradient, alpha=-stats["alpha"], beta=stats["beta"], outputMaximum=1.0,
-                             outputMinimum=0.0)
+        speed = sitk.Sigmoid(gradient, alpha=-stats["alpha"], beta=stats["beta"], outputMaximum=1.0, outputMinimum=0.0)
         f = sitk.FastMarchingImageFilter()
         f.AddTrialPoint((*seed_ijk, 0))
         f.SetStoppingValue(30.0 * 1.05)
@@ -94,7 +102,8 @@ def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, floa
         "multi-otsu": multi_otsu,
         "region-growing": lambda: sitk.ConnectedThreshold(image, seedList=[seed_ijk], lower=lower, upper=upper),
         "confidence-connected": lambda: sitk.ConfidenceConnected(
-            image, seedList=[seed_ijk], numberOfIterations=4, multiplier=2.5, initialNeighborhoodRadius=1),
+            image, seedList=[seed_ijk], numberOfIterations=4, multiplier=2.5, initialNeighborhoodRadius=1
+        ),
         "watershed": watershed,
         "fast-marching": fast_marching,
     }
@@ -162,31 +171,39 @@ def main(argv: List[str] | None = None) -> int:
     seed_ijk = tuple(int(v) for v in ctx.seed_indices()[0])
     lower, upper = seed_range(ctx, {"lower": None, "upper": None, "neighborhood_mm": 5.0, "multiplier": 2.5})
     image = image_from_array(hu, ijk_to_ras)
-    gradient = sitk.GetArrayFromImage(
-        sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 1.5))
+    gradient = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 1.5))
     k1, k2 = float(np.percentile(gradient[::4, ::4, ::4], 50)), float(np.percentile(gradient[::4, ::4, ::4], 95))
     stats = {"lower": lower, "upper": upper, "alpha": (k2 - k1) / 6.0, "beta": (k1 + k2) / 2.0}
     del gradient
     bare = bare_calls(image, seed_ijk, stats)
     volume_node = None if args.skip_node else add_volume_node(hu, ijk_to_ras, "bench", runtime.scene)
     methods = args.methods or list(bare) + ["bone", "lungs", "body"]
-    print(f"{'method':<22}{'bare s':>9}{'medseg s':>10}{'overhead':>10}{'node s':>9}{'peak/in':>9}")
+    print(f"{'method':<22}{'bare s':>9}{'medseg s':>10}{'overhead':>10}{'node s':>9}{'peak/in':>9}{'bare/in':>9}")
     for name in methods:
         parameters = MEDSEG_PARAMETERS.get(name, {})
         seeds = [seed] if name in ("region-growing", "confidence-connected", "fast-marching") else None
-        bare_s = measure(bare[name], args.repeat)[0] if name in bare else float("nan")
-        medseg_s, peak = measure(lambda: run_method(hu, ijk_to_ras, name, seeds=seeds, parameters=parameters),
-                                 args.repeat)
+        bare_s = measure(bare[name], args.repeat) if name in bare else float("nan")
+        run = functools.partial(run_method, hu, ijk_to_ras, name, seeds=seeds, parameters=parameters)
+        medseg_s = measure(run, args.repeat)
+        peak = peak_memory(run)
+        bare_peak = peak_memory(bare[name]) if name in bare else float("nan")
         node_s = float("nan")
         if volume_node is not None:
-            node_s = measure(lambda: segment_volume_node(volume_node, method=name, seeds=seeds,
-                                                         parameters=parameters), 1)[0]
+            node_run = functools.partial(
+                segment_volume_node, volume_node, method=name, seeds=seeds, parameters=parameters
+            )
+            node_s = measure(node_run, 1)
         overhead = medseg_s / bare_s - 1.0 if bare_s == bare_s else float("nan")
-        print(f"{name:<22}{bare_s:>9.2f}{medseg_s:>10.2f}{overhead * 100:>9.0f}%{node_s:>9.2f}"
-              f"{peak / hu.nbytes:>9.2f}", flush=True)
+        print(
+            f"{name:<22}{bare_s:>9.2f}{medseg_s:>10.2f}{overhead * 100:>9.0f}%{node_s:>9.2f}"
+            f"{peak / hu.nbytes:>9.2f}{bare_peak / hu.nbytes:>9.2f}",
+            flush=True,
+        )
     growcut = grow_from_seeds_update(args.growcut_size)
-    print(f"grow-from-seeds {args.growcut_size}^3: first run {growcut['first_run_s']:.2f} s, update after a stroke "
-          f"{growcut['update_s']:.3f} s ({growcut['update_visited']:.0f} voxels re-visited)")
+    print(
+        f"grow-from-seeds {args.growcut_size}^3: first run {growcut['first_run_s']:.2f} s, update after a stroke "
+        f"{growcut['update_s']:.3f} s ({growcut['update_visited']:.0f} voxels re-visited)"
+    )
     return 0
 
 

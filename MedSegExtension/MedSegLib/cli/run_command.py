@@ -38,7 +38,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         workers=workers,
         threads_per_worker=args.threads or execution.get("threads_per_worker", "auto"),
         scheduler=args.scheduler,
-        on_unavailable=args.on_unavailable or execution.get("on_unavailable", "fail"),
+        on_unavailable=args.on_unavailable,
         force=args.force,
         quiet=args.quiet or args.json,
     )

@@ -50,6 +50,7 @@ class TrainConfig:
     batch_size: int = 2
     roi_size: Tuple[int, int, int] = (64, 64, 64)
     learning_rate: float = 2e-3
+    lr_schedule: str = "constant"  # or "poly": lr * (1 - epoch / epochs) ** 0.9 (nnU-Net's schedule)
     weight_decay: float = 1e-5
     seed: int = 0
     val_every: int = 1
@@ -369,6 +370,9 @@ def train(
     total_steps = 0
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
+        if config.lr_schedule == "poly":  # a function of the epoch only, so resuming keeps the schedule
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * (1 - epoch / config.epochs) ** 0.9
         ddp_model.train()
         losses = []
         for _ in range(config.steps_per_epoch):
@@ -513,6 +517,7 @@ def export_package(config: TrainConfig, weights: Optional[Path], model: Any = No
             "steps_per_epoch": config.steps_per_epoch,
             "batch_size": config.batch_size,
             "learning_rate": config.learning_rate,
+            "lr_schedule": config.lr_schedule,
         },
     }
     return write_model_package(out_dir, manifest, target)

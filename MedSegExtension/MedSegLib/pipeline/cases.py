@@ -94,7 +94,8 @@ def compute_input_hash(case: CaseSpec) -> None:
             elif kind == "series":
                 from MedSegLib.dicom.database import DicomDatabase
 
-                files = [Path(f) for f in DicomDatabase(item["db"], create=False).filesForSeries(item["uid"])]
+                with DicomDatabase(item["db"], create=False) as database:
+                    files = [Path(f) for f in database.filesForSeries(item["uid"])]
                 digest.update(item["uid"].encode() + hash_files(files).encode())
             elif kind == "pacs":  # the archive's own identity: study UID and its instance count
                 digest.update(f"{item['node']}|{item['study_uid']}|{item.get('instances', '')}".encode())

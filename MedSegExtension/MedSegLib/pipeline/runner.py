@@ -12,6 +12,7 @@ Guarantees, whatever the backend:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -376,7 +377,7 @@ class RunOptions:
     workers: Optional[int] = None
     threads_per_worker: Any = "auto"
     scheduler: Optional[str] = None
-    on_unavailable: str = "fail"
+    on_unavailable: Optional[str] = None  # None: the pipeline's execution.on_unavailable, else "fail"
     force: bool = False
     quiet: bool = False
     keep_scene: bool = False  # in-process only: leave the last case's nodes in the scene (demo, Slicer)
@@ -586,7 +587,9 @@ def run_pipeline(
     pipeline: PipelineSpec, cases: Sequence[CaseSpec], out_root: Path, options: Optional[RunOptions] = None
 ) -> Dict[str, Any]:
     """Run (or resume) ``pipeline`` on ``cases`` into ``out_root``; returns and writes the summary."""
-    options = options or RunOptions()
+    options = dataclasses.replace(options or RunOptions())
+    if options.on_unavailable is None:
+        options.on_unavailable = pipeline.execution.get("on_unavailable", "fail")
     out_root = Path(out_root)
     if out_root.exists() and not out_root.is_dir():
         raise UserInputError("output exists and is not a folder", out_root)

@@ -126,7 +126,8 @@ def _loaded_volumes_for_input(item: Dict[str, Any], params: Dict[str, Any], ctx:
     if kind == "series":
         from MedSegLib.dicom.database import DicomDatabase
 
-        files = DicomDatabase(item["db"], create=False).filesForSeries(item["uid"])
+        with DicomDatabase(item["db"], create=False) as database:
+            files = database.filesForSeries(item["uid"])
         if not files:
             raise UserInputError(f"series {item['uid']} is not in the database", item["db"])
         return load_series_files(files, keep_acquired_grid=keep)
@@ -337,15 +338,15 @@ def run_segment(ctx: CaseContext, params: Dict[str, Any]) -> str:
 
 def run_deep_segment(ctx: CaseContext, params: Dict[str, Any]) -> str:
     model_package = _require("MedSegLib.deep_learning.model_package", "deep-learning segmentation")
-    inference = _require("MedSegLib.deep_learning.inference", "deep-learning segmentation")
+    try:  # the model first: finding none must not cost a torch import in every worker
+        package = model_package.resolve_model(params.get("model", "medseg-ct-phantom"))
+    except UserInputError as error:
+        raise StepUnavailable(f"model not available: {error.one_line()}") from None
     try:
         import torch  # noqa: F401
     except ImportError:
         raise StepUnavailable("deep-learning segmentation needs PyTorch (pip install 'medseg[dl]')") from None
-    try:
-        package = model_package.resolve_model(params.get("model", "medseg-ct-phantom"))
-    except UserInputError as error:
-        raise StepUnavailable(f"model not available: {error.one_line()}") from None
+    inference = _require("MedSegLib.deep_learning.inference", "deep-learning segmentation")
     entry = _default_volume(ctx, params.get("input"))
     name = params.get("name") or ctx.current_step
     segmentation = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)

@@ -237,17 +237,17 @@ def _gn_pass(y, cut, times, tr, kind, uniform, u):
 
 @_jit()
 def _gauss_newton(y, cut, g, times, tr, kind, uniform, log_lo, log_hi, step, n_grid, iterations):
-    """Safeguarded Gauss-Newton on the reduced cost from grid point ``g`` (steps capped at one grid step,
-    halved back towards the best point when the cost rises). Returns (u, rss, c1, c2, degenerate, converged,
-    at_bound)."""
-    edge = g == 0 or g == n_grid - 1
-    u = log_lo + step * g
+    """Safeguarded Gauss-Newton on the reduced cost from grid position ``g`` (fractional: the grid parabola's
+    vertex), steps capped at one grid step and halved back towards the best point when the cost rises.
+    Returns (u, rss, c1, c2, degenerate, converged, at_bound)."""
+    edge = g <= 0.0 or g >= n_grid - 1
+    u = min(max(log_lo + step * g, log_lo), log_hi)
     best_u = u
     best = _gn_pass(y, cut, times, tr, kind, uniform, u)
     converged = False
     delta = min(max(best[4], -step), step)
     for _ in range(iterations):
-        if abs(delta) < 1e-9:
+        if abs(delta) < 1e-7:  # relative change of theta below 1e-7
             converged = True
             break
         trial_u = min(max(best_u + delta, log_lo), log_hi)
@@ -313,7 +313,7 @@ def refine(
     _refine_all(
         np.ascontiguousarray(y, dtype=np.float64),
         np.ascontiguousarray(cuts, dtype=np.int64),
-        np.ascontiguousarray(g_best, dtype=np.int64),
+        np.ascontiguousarray(g_best, dtype=np.float64),
         times,
         tr_array,
         int(kind),

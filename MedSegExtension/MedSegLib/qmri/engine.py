@@ -210,7 +210,16 @@ def fit_separable(
             g_best = np.stack([_grid_argmax(yc * signs, q32, grid_size, k) for signs in candidates], axis=1)
             try:
                 out = _kernels.refine(
-                    yc, cuts, g_best, kernel[1], kernel[2], kernel[0], log_lo, log_hi, step, grid_size,
+                    yc,
+                    cuts,
+                    g_best,
+                    kernel[1],
+                    kernel[2],
+                    kernel[0],
+                    log_lo,
+                    log_hi,
+                    step,
+                    grid_size,
                     4 * refine_rounds,  # Gauss-Newton iterations (one pass each; most voxels stop after 3-4)
                 )
             except Exception:  # noqa: BLE001 - numba cannot compile or cache here: the numpy path below is exact too
@@ -277,13 +286,22 @@ def fit_separable(
 
 
 def _grid_argmax(ys: np.ndarray, q32: np.ndarray, n_grid: int, k: int) -> np.ndarray:
-    """Index of the best grid point per voxel (float32 matmul; the exact refinement follows)."""
+    """Fractional grid index of the best score per voxel: argmax of a float32 matmul plus the vertex of the
+    parabola through its neighbours (a starting point only: the exact refinement follows)."""
     products = ys.astype(np.float32) @ q32
     np.square(products, out=products)
     scores = products[:, :n_grid]
     for block in range(1, k):
         scores += products[:, block * n_grid : (block + 1) * n_grid]
-    return np.argmax(scores, axis=1)
+    best = np.argmax(scores, axis=1)
+    mid = np.clip(best, 1, n_grid - 2)
+    rows = np.arange(len(ys))
+    s_minus, s_zero, s_plus = scores[rows, mid - 1], scores[rows, mid], scores[rows, mid + 1]
+    curvature = s_minus - 2.0 * s_zero + s_plus
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(curvature < 0, 0.5 * (s_minus - s_plus) / curvature, 0.0)
+    delta = np.clip(np.nan_to_num(delta), -0.5, 0.5)
+    return np.where(mid == best, best + delta, best.astype(np.float64))
 
 
 def _grid_search(

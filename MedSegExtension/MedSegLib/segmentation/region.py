@@ -164,15 +164,17 @@ def _roi(ctx: SegmentationContext, roi_mm: float) -> Tuple[slice, slice, slice]:
     return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
 
 
-def edge_speed(image: Any, sigma_mm: float, inside_values: np.ndarray, alpha: Optional[float] = None) -> Any:
+def edge_speed(image: Any, sigma_mm: float, inside: Optional[np.ndarray] = None, alpha: Optional[float] = None) -> Any:
     """Speed image in [0, 1]: ~1 in homogeneous regions like the seed's, ~0 on strong edges
-    (sigmoid of the gradient magnitude, with the edge strength scaled from the seed neighbourhood)."""
+    (sigmoid of the gradient magnitude; K1 = median gradient inside ``inside`` (the seed balls),
+    K2 = 95th percentile of the whole gradient, alpha = -(K2 - K1) / 6, beta = (K1 + K2) / 2)."""
     import SimpleITK as sitk
 
     gradient = sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm))
-    g = sitk.GetArrayViewFromImage(gradient)
-    k1 = float(np.percentile(inside_values, 50)) if inside_values.size else float(np.percentile(g, 50))
-    k2 = float(np.percentile(g, 95))
+    g = sitk.GetArrayViewFromImage(gradient)  # a view: gradient stays alive below
+    sample = g[::2, ::2, ::2]  # percentiles of every 8th voxel: same value, 8x less sorting
+    k1 = float(np.median(g[inside])) if inside is not None and np.any(inside) else float(np.percentile(sample, 50))
+    k2 = float(np.percentile(sample, 95))
     if k2 <= k1:
         k2 = k1 + 1.0
     alpha = -(k2 - k1) / 6.0 if alpha is None else alpha
@@ -225,7 +227,7 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         level_set.SetPropagationScaling(1.0)
         result = level_set.Execute(distance, image)
     else:
-        speed, _ = edge_speed(image, p["sigma_mm"], _gradient_inside(image, p["sigma_mm"], initial))
+        speed, _ = edge_speed(image, p["sigma_mm"], initial)
         level_set = sitk.GeodesicActiveContourLevelSetImageFilter()
         level_set.SetPropagationScaling(float(p["propagation"]))
         level_set.SetCurvatureScaling(float(p["curvature"]))
@@ -242,22 +244,13 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
 
 
-def _gradient_inside(image: Any, sigma_mm: float, inside: np.ndarray) -> np.ndarray:
-    import SimpleITK as sitk
-
-    gradient_image = sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm))
-    gradient = sitk.GetArrayViewFromImage(gradient_image)  # a view: keep gradient_image alive while used
-    return gradient[inside] if np.any(inside) else gradient.ravel()
-
-
 def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     """Front propagation from the seeds at a speed that drops on edges; the segment is every voxel the
     front reaches before ``stopping_time`` (about mm travelled inside a homogeneous region)."""
     import SimpleITK as sitk
 
     seeds = _seed_list(ctx)
-    initial = _seed_balls(ctx, 0.0)
-    speed, _ = edge_speed(ctx.float_image, p["sigma_mm"], _gradient_inside(ctx.float_image, p["sigma_mm"], initial))
+    speed, _ = edge_speed(ctx.float_image, p["sigma_mm"], _seed_balls(ctx, 2.0 * p["sigma_mm"]))
     ctx.report(0.4, "fast marching")
     marching = sitk.FastMarchingImageFilter()
     for seed in seeds:
