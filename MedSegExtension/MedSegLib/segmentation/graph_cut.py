@@ -57,7 +57,10 @@ def run_graph_cut(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         values = image[seeds[:, 2], seeds[:, 1], seeds[:, 0]]
         if values.size < 5:  # too few seeds for a distribution: use their 3x3x3 neighbourhoods
             values = np.concatenate(
-                [image[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel() for i, j, k in seeds]
+                [
+                    image[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel()
+                    for i, j, k in seeds
+                ]
             )
         return float(values.mean()), float(max(values.std(), 1.0))
 
