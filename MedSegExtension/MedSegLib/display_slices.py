@@ -22,7 +22,7 @@ VIEW_AXES = {
 
 def _array_axis_for_ras(ijk_to_ras: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """For each RAS axis, the numpy axis (of array[k, j, i]) that runs along it, and its direction sign."""
-    linear = ijk_to_ras[:3, :3]
+    linear = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)  # unit columns: spacing must not vote
     ijk_for_ras = np.argmax(np.abs(linear), axis=1)  # RAS row -> ijk column with the largest component
     if len(set(ijk_for_ras.tolist())) != 3:
         raise ValueError("volume axes are too oblique to map onto patient axes")

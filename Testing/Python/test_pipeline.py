@@ -248,19 +248,47 @@ def _assert_same_results(reference: Path, other: Path, expected) -> None:
         assert reference_manifest["measurements"] == other_manifest["measurements"]
 
 
-def test_process_pool_two_workers_matches_in_process(tmp_path, local_run, spec):
-    from MedSegLib.pipeline import RunOptions, run_pipeline
+PLUGIN = """\
+import os
 
+from MedSegLib.pipeline.steps import Step, register_step
+
+
+def _crash(ctx, params):
+    if ctx.case_id in params.get("cases", []):
+        os._exit(3)  # what a segfault or the OOM killer looks like to the pool
+    return "survived"
+
+
+register_step(Step("test_crash", _crash, {"cases": {"type": "array", "items": {"type": "string"}}}, "test only"))
+"""
+
+
+def test_process_pool_two_workers_matches_in_process_and_survives_a_crash(tmp_path, local_run, monkeypatch):
+    """2 spawned workers: same bytes as the in-process run; a case that kills its worker fails alone."""
+    from MedSegLib.pipeline import RunOptions, parse_pipeline_text, run_pipeline
+
+    (tmp_path / "medseg_test_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get the parent's sys.path
+    crashing = PIPELINE.replace("steps:\n", "plugins: [medseg_test_plugin]\nsteps:\n") + (
+        "  - test_crash: {cases: [phantomB]}\n"
+    )
+    spec = parse_pipeline_text(crashing, "crash.yaml")
     phantoms = [c for c in local_run["cases"] if c.id in ("phantomA", "phantomB", "broken")]
     pool = run_pipeline(spec, phantoms, tmp_path / "pool", RunOptions(workers=2, quiet=True))
     assert pool["backend"] == "process" and pool["workers"] == 2 and pool["threads_per_worker"] >= 1
-    assert {c["id"]: c["status"] for c in pool["cases"]} == {
+    cases = _by_id(pool)
+    assert {k: v["status"] for k, v in cases.items()} == {
         "phantomA": "complete",
-        "phantomB": "complete",
+        "phantomB": "failed",
         "broken": "failed",
     }
-    assert None not in {c.get("worker_pid") for c in pool["cases"]}
-    _assert_same_results(local_run["out"], tmp_path / "pool", {"phantomA": "complete", "phantomB": "complete"})
+    assert "worker process died" in cases["phantomB"]["reason"] and "exit code 3" in cases["phantomB"]["reason"]
+    assert cases["broken"]["step"] == "load"
+    assert not (tmp_path / "pool" / "cases" / "phantomB").exists()
+    assert not (tmp_path / "pool" / ".staging").exists()
+    assert cases["phantomA"].get("worker_pid")
+    _assert_same_results(local_run["out"], tmp_path / "pool", {"phantomA": "complete"})
 
 
 def test_dask_local_cluster_two_workers_real_and_phantom_cases(tmp_path, local_run, spec):
@@ -303,3 +331,41 @@ def test_dicom_database_query_gives_one_case_per_series(tmp_path, inputs, runtim
     assert summary["counts"]["complete"] == 1
     assert [s["modality"] for s in manifest["provenance"]["input_series"]] == ["CT"]
     assert len(resolve_cases({"dicom_db": {"path": str(tmp_path / "db"), "group_by": "study"}})) >= 1
+
+
+def test_deep_segment_step_records_the_model_checksum(tmp_path, inputs, runtime):
+    """The DL step on the real inference API with a tiny random-weight model package (wiring, provenance)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    from MedSegLib.deep_learning.model_package import build_network, sha256_of, write_model_package
+    from MedSegLib.pipeline import RunOptions, parse_pipeline_text, run_pipeline
+
+    network = {
+        "architecture": "UNet",
+        "parameters": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2]},
+    }
+    torch.manual_seed(0)
+    package_dir = tmp_path / "tiny-model"
+    package_dir.mkdir()
+    torch.save(build_network(network).state_dict(), package_dir / "model.pt")
+    manifest = {
+        "name": "tiny",
+        "version": "0.1",
+        "input": {"channels": 1, "modalities": ["CT"]},
+        "labels": [{"value": 1, "name": "A", "color": [255, 0, 0]}, {"value": 2, "name": "B", "color": [0, 255, 0]}],
+        "network": dict(network, weights="model.pt", format="state_dict"),
+        "preprocessing": {
+            "normalization": {"type": "scale_range", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1}
+        },
+        "inference": {"roi_size": [16, 32, 32], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2},
+    }
+    write_model_package(package_dir, manifest, package_dir / "model.pt")
+    text = f"steps:\n  - load: {{}}\n  - deep_segment: {{model: '{package_dir}', name: dl, device: cpu}}\n"
+    spec = parse_pipeline_text(text + "  - statistics: {}\n", "dl.yaml")
+    summary = run_pipeline(spec, _cases(spec, inputs["a"]), tmp_path / "out", RunOptions(workers=0, quiet=True))
+    assert summary["counts"]["complete"] == 1, summary["cases"]
+    manifest, outputs = _case_outputs(tmp_path / "out", "phantomA")
+    model = manifest["provenance"]["models"]["dl"]
+    assert model["name"] == "tiny" and model["weights_sha256"] == sha256_of(package_dir / "model.pt")
+    assert "segmentations/dl.seg.nrrd" in outputs and "images/overlay_dl.png" in outputs
+    assert set(manifest["measurements"]["Volume cm3"]) == {"dl: A", "dl: B"}

@@ -375,6 +375,8 @@ def test_cli_errors_and_listing(scene, tmp_path, capsys):
     cases = [
         (["-m", "threshold", "--lower", "300", "--upper", "100"], "greater than maximum"),
         (["-m", "region-growing", "--seeds", "9999,0,0"], "outside the volume"),
+        (["-m", "region-growing", "--seeds", "-9999.5,-1,2"], "outside the volume"),  # negative: a value
+        (["-m", "grow-from-seeds", "--seeds", "-1,2,3@a"], "at least two segments"),
         (["-m", "region-growing", "--seeds", "1,2"], "3 coordinates"),
         (["-m", "threshold", "--lower", "40000"], "empty"),
         (["-m", "otsu", "--iterations", "3"], "do not apply"),

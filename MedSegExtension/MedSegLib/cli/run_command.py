@@ -34,6 +34,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         from MedSegLib.pipeline.workers import available_cores
 
         workers = min(available_cores(), len(cases))
+        if workers == 1 and not args.scheduler:
+            workers = 0  # one case or one core: no worker process to spawn and boot
     options = RunOptions(
         workers=workers,
         threads_per_worker=args.threads or execution.get("threads_per_worker", "auto"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -231,4 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary (or the method list) on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary line")
     _add_declared_options(parser)
+    # RAS seeds are often negative ("--seeds -60.5,150,170"): let argparse take "-<digit>..." as a value,
+    # as it already does for plain negative numbers (no option of this parser starts with a digit).
+    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\.?\d[\d.,;eE+-]*(@.*)?$")
     parser.set_defaults(func=run_segment)

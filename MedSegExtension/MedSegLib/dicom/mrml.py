@@ -158,10 +158,17 @@ def _sequence_index(per_volume: List[Dict[str, Any]]):
     return "volume", ""
 
 
-def load_dicom_folder_into_scene(folder: Path, scene: Any = None, keep_acquired_grid: bool = False) -> List[Any]:
-    """Load every loadable volume of a DICOM folder into the scene (no database needed)."""
+def load_dicom_folder_into_scene(
+    folder: Path, scene: Any = None, keep_acquired_grid: bool = False, use_philips_scale_slope: bool = False
+) -> List[Any]:
+    """Load every loadable volume of a DICOM folder into the scene (no database needed).
+
+    ``use_philips_scale_slope`` gives Philips' floating-point values (needed for relaxometry fits,
+    whose ratios between images are wrong with display values); default is display values like Slicer.
+    """
     from MedSegLib.dicom.loader import load_folder
 
-    return [
-        add_loaded_volume(loaded, scene) for loaded in load_folder(Path(folder), keep_acquired_grid=keep_acquired_grid)
-    ]
+    loaded_volumes = load_folder(
+        Path(folder), keep_acquired_grid=keep_acquired_grid, use_philips_scale_slope=use_philips_scale_slope
+    )
+    return [add_loaded_volume(loaded, scene) for loaded in loaded_volumes]

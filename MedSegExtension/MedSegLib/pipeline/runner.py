@@ -133,10 +133,13 @@ def run_case(
     Never raises for a problem of the case itself: the result says ``failed`` with the step and reason.
     """
     from MedSegLib.pipeline.context import CaseContext, StepSkipped, StepUnavailable
+    from MedSegLib.pipeline.schema import import_plugin
     from MedSegLib.pipeline.steps import get_step
     from MedSegLib.progress import CancelToken
     from MedSegLib.runtime import boot
 
+    for module in pipeline.plugins:  # a fresh worker knows only the built-in steps
+        import_plugin(module)
     out_root = Path(out_root)
     started = time.perf_counter()
     started_at = now_iso()
@@ -297,7 +300,7 @@ def execute_case(
 
         def emit(event: ProgressEvent) -> None:
             try:
-                events.put(event)
+                events.put({**event, "pid": os.getpid()})
             except Exception:  # noqa: BLE001 - progress must never fail a case
                 pass
 
@@ -423,6 +426,8 @@ def _run_on_pool(
     manager = context.Manager()
     events = manager.Queue()
     stop = threading.Event()
+    case_pids: Dict[str, int] = {}  # case -> worker pid, from the case's own events
+    processes: Dict[int, Any] = {}  # every worker process seen, to read exit codes after a crash
 
     def drain() -> None:
         while not stop.is_set():
@@ -430,6 +435,8 @@ def _run_on_pool(
                 event = events.get(timeout=0.2)
             except Exception:  # noqa: BLE001 - queue.Empty or a closed manager
                 continue
+            if event.get("pid"):
+                case_pids[event["case"]] = event["pid"]
             progress.event(event)
 
     drainer = threading.Thread(target=drain, daemon=True)
@@ -451,26 +458,32 @@ def _run_on_pool(
                     execute_case, case.to_json(), pipeline_json, str(out_root), options.on_unavailable, events, threads
                 )
                 running[future] = (case, crashes)
+            processes.update(getattr(executor, "_processes", None) or {})
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            broken = False
+            broken: List[Tuple[CaseSpec, int]] = []
             for future in done:
                 case, crashes = running.pop(future)
                 try:
                     results[case.id] = future.result()
                 except BrokenProcessPool:
-                    broken = True
-                    if crashes < CRASH_RETRIES:
-                        queue.insert(0, (case, crashes + 1))
-                    else:
-                        results[case.id] = _crashed(case, out_root, pipeline)
-                        progress.event({"case": case.id, "event": "done", "status": "failed", "reason": "worker died"})
+                    broken.append((case, crashes))
                 except Exception as error:  # noqa: BLE001 - pickling or pool errors: this case only
                     results[case.id] = _crashed(case, out_root, pipeline, _one_line(error))
                     progress.event({"case": case.id, "event": "done", "status": "failed", "reason": _one_line(error)})
-            if broken:  # every future of a broken pool fails; requeue the innocent ones on a fresh pool
-                for case, crashes in list(running.values()):
-                    queue.insert(0, (case, crashes))
+            if broken:  # every future of a broken pool fails: find the case whose worker died, requeue the others
+                broken += list(running.values())
                 running.clear()
+                culprits = _crashed_cases(broken, case_pids, processes)
+                for case, crashes in broken:
+                    if case.id in culprits or crashes >= CRASH_RETRIES:
+                        code = culprits.get(case.id)
+                        reason = "the worker process died while running this case (crash or out of memory" + (
+                            f", exit code {code})" if code is not None else ")"
+                        )
+                        results[case.id] = _crashed(case, out_root, pipeline, reason)
+                        progress.event({"case": case.id, "event": "done", "status": "failed", "reason": reason})
+                    else:  # unknown culprit: every suspect gets one more try; innocent ones requeue as they are
+                        queue.insert(0, (case, crashes if culprits else crashes + 1))
                 executor.shutdown(wait=False, cancel_futures=True)
                 executor = new_executor()
         executor.shutdown(wait=True)
@@ -483,6 +496,22 @@ def _run_on_pool(
         drainer.join(timeout=2)
         manager.shutdown()
     return [results[case.id] for case in cases if case.id in results]
+
+
+def _crashed_cases(
+    suspects: Sequence[Tuple[CaseSpec, int]], case_pids: Dict[str, int], processes: Dict[int, Any]
+) -> Dict[str, Optional[int]]:
+    """Cases whose own worker exited by itself (not the pool's SIGTERM after the breakage) -> exit code."""
+    import signal
+
+    time.sleep(0.2)  # the pool terminates the surviving workers right after marking it broken
+    culprits: Dict[str, Optional[int]] = {}
+    for case, _ in suspects:
+        process = processes.get(case_pids.get(case.id, -1))
+        code = getattr(process, "exitcode", None)
+        if code is not None and code not in (0, -signal.SIGTERM):
+            culprits[case.id] = code
+    return culprits
 
 
 def _crashed(case: CaseSpec, out_root: Path, pipeline: PipelineSpec, reason: str = "") -> Dict[str, Any]:

@@ -68,6 +68,7 @@ DOCUMENT_SCHEMA: Dict[str, Any] = {
         "version": {"const": SCHEMA_VERSION},
         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
         "description": {"type": "string"},
+        "plugins": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.]*$"}},
         "inputs": INPUTS_SCHEMA,
         "execution": EXECUTION_SCHEMA,
         "steps": {
@@ -107,12 +108,14 @@ class PipelineSpec:
     execution: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    plugins: List[str] = field(default_factory=list)  # modules that register extra steps (imported in workers)
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "source": self.source,
+            "plugins": self.plugins,
             "inputs": self.inputs,
             "execution": self.execution,
             "steps": [step.to_json() for step in self.steps],
@@ -128,12 +131,13 @@ class PipelineSpec:
             dict(data.get("execution") or {}),
             data.get("description", ""),
             data.get("source", ""),
+            list(data.get("plugins") or []),
         )
 
     @property
     def digest(self) -> str:
         """Hash of what changes results (steps and their parameters): a change re-runs every case."""
-        text = json.dumps([step.to_json() for step in self.steps], sort_keys=True, default=str)
+        text = json.dumps([self.plugins] + [step.to_json() for step in self.steps], sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -234,6 +238,13 @@ def parse_pipeline_text(text: str, source: str = "<pipeline>") -> PipelineSpec:
     if not isinstance(document, dict):
         raise UserInputError("a pipeline is a YAML mapping with at least a 'steps' list", f"{source}:1")
     _raise_first(_schema_errors(document, DOCUMENT_SCHEMA), lines, source)
+    plugins = list(document.get("plugins") or [])
+    for index, module in enumerate(plugins):
+        try:
+            import_plugin(module)
+        except ImportError as error:
+            where = f"{source}:{line_of(lines, ('plugins', index))}"
+            raise UserInputError(f"plugins[{index}]: cannot import {module!r} ({error})", where) from None
     errors: List[Tuple[PathKey, str]] = []
     steps: List[StepSpec] = []
     seen_ids: Dict[str, int] = {}
@@ -272,7 +283,15 @@ def parse_pipeline_text(text: str, source: str = "<pipeline>") -> PipelineSpec:
         execution=dict(document.get("execution") or {}),
         description=str(document.get("description", "")),
         source=source,
+        plugins=plugins,
     )
+
+
+def import_plugin(module: str) -> None:
+    """Import a module that calls ``register_step`` (validation and every worker do this first)."""
+    import importlib
+
+    importlib.import_module(module)
 
 
 def load_pipeline(path: Union[str, Path]) -> PipelineSpec:

@@ -181,8 +181,12 @@ def run_method(
     parameters: Optional[Mapping[str, Any]] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    image: Any = None,
 ) -> List[SegmentMask]:
-    """Run a method (and the post-processing options among ``parameters``) on a numpy volume."""
+    """Run a method (and the post-processing options among ``parameters``) on a numpy volume.
+
+    ``image`` may pass the SimpleITK copy of ``array`` when the caller has one (see
+    :func:`segment_volume_node`), saving the copy, which costs as much as a fast filter."""
     method = get_method(method) if isinstance(method, str) else method
     method_params, post_params = split_parameters(method, parameters or {})
     seed_points = as_seed_points(seeds)
@@ -196,6 +200,7 @@ def run_method(
     ctx = SegmentationContext(
         array, np.asarray(ijk_to_ras, dtype=np.float64), seed_points, mask, progress, cancel, method.name
     )
+    ctx._image = image
     ctx.seed_indices()  # validate seeds up front, even for methods that only use them optionally
     ctx.report(0.0, method.name)
     segments = method.run(ctx, method_params)
@@ -249,7 +254,9 @@ def segment_volume_node(
     array = slicer.util.arrayFromVolume(volume)
     from MedSegLib.volume_nodes import get_ijk_to_ras
 
-    segments = run_method(array, get_ijk_to_ras(volume), method, seeds, mask, given, progress, cancel)
+    ijk_to_ras = get_ijk_to_ras(volume)
+    image = _cached_image(volume, array, ijk_to_ras)
+    segments = run_method(array, ijk_to_ras, method, seeds, mask, given, progress, cancel, image)
     timings["compute"] = time.perf_counter() - started
     started = time.perf_counter()
     segmentation = ensure_segmentation_node(volume, segmentation)
@@ -259,6 +266,29 @@ def segment_volume_node(
     timings["write"] = time.perf_counter() - started
     method_params, post_params = split_parameters(method, given)
     return SegmentationResult(segmentation, ids, method.name, {**method_params, **post_params}, timings)
+
+
+_IMAGE_CACHE: Dict[str, Tuple[Tuple[Any, ...], Any]] = {}
+
+
+def _cached_image(volume: Any, array: np.ndarray, ijk_to_ras: np.ndarray) -> Any:
+    """The SimpleITK copy of a volume node's voxels, kept for one volume while its voxels and geometry
+    are unchanged (re-runs from the panel then skip the copy)."""
+    from MedSegLib.segmentation.core import image_from_array
+
+    image_data = volume.GetImageData()
+    key = (volume.GetID(), image_data.GetMTime(), array.ctypes.data, array.shape, ijk_to_ras.tobytes())
+    cached = _IMAGE_CACHE.get(volume.GetID() or "")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    _IMAGE_CACHE.clear()  # one volume at a time: the copy is as big as the volume
+    image = image_from_array(array, ijk_to_ras)
+    _IMAGE_CACHE[volume.GetID() or ""] = (key, image)
+    return image
+
+
+def clear_image_cache() -> None:
+    _IMAGE_CACHE.clear()
 
 
 def method_names(category: Optional[str] = None) -> List[str]:

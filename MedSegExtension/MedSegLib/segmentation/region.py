@@ -33,8 +33,12 @@ def _seed_list(ctx: SegmentationContext) -> List[Tuple[int, int, int]]:
     return [tuple(int(v) for v in row) for row in indices]
 
 
-def seed_neighbourhood_values(ctx: SegmentationContext, radius_mm: float) -> np.ndarray:
-    """Intensities of all voxels within ``radius_mm`` of any seed (a ball in mm, anisotropy aware)."""
+def seed_neighbourhood_values(
+    ctx: SegmentationContext, radius_mm: float, array: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Values of ``array`` (default: the volume) within ``radius_mm`` of any seed (a ball in mm,
+    anisotropy aware), read from small boxes around the seeds only."""
+    array = ctx.array if array is None else array
     spacing = ctx.spacing_ijk
     radius = radius_in_voxels(radius_mm, spacing)
     values = []
@@ -49,7 +53,7 @@ def seed_neighbourhood_values(ctx: SegmentationContext, radius_mm: float) -> np.
             indexing="ij",
         )
         ball = kk**2 + jj**2 + ii**2 <= radius_mm**2 + 1e-9
-        values.append(ctx.array[k0:k1, j0:j1, i0:i1][ball])
+        values.append(array[k0:k1, j0:j1, i0:i1][ball])
     return np.concatenate(values).astype(np.float64)
 
 
@@ -164,16 +168,23 @@ def _roi(ctx: SegmentationContext, roi_mm: float) -> Tuple[slice, slice, slice]:
     return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
 
 
-def edge_speed(image: Any, sigma_mm: float, inside: Optional[np.ndarray] = None, alpha: Optional[float] = None) -> Any:
+def edge_speed(image: Any, sigma_mm: float, inside: Any = None, alpha: Optional[float] = None) -> Any:
     """Speed image in [0, 1]: ~1 in homogeneous regions like the seed's, ~0 on strong edges
-    (sigmoid of the gradient magnitude; K1 = median gradient inside ``inside`` (the seed balls),
-    K2 = 95th percentile of the whole gradient, alpha = -(K2 - K1) / 6, beta = (K1 + K2) / 2)."""
+    (sigmoid of the gradient magnitude; K1 = median gradient inside the seeds' neighbourhood - ``inside``
+    is a boolean mask or a callable giving those gradient values -, K2 = 95th percentile of the gradient,
+    alpha = -(K2 - K1) / 6, beta = (K1 + K2) / 2)."""
     import SimpleITK as sitk
 
     gradient = sitk.GradientMagnitudeRecursiveGaussian(image, sigma=float(sigma_mm))
     g = sitk.GetArrayViewFromImage(gradient)  # a view: gradient stays alive below
     sample = g[::2, ::2, ::2]  # percentiles of every 8th voxel: same value, 8x less sorting
-    k1 = float(np.median(g[inside])) if inside is not None and np.any(inside) else float(np.percentile(sample, 50))
+    if callable(inside):
+        inside_values = inside(g)
+    elif inside is not None and np.any(inside):
+        inside_values = g[inside]
+    else:
+        inside_values = sample.ravel()
+    k1 = float(np.median(inside_values))
     k2 = float(np.percentile(sample, 95))
     if k2 <= k1:
         k2 = k1 + 1.0
@@ -250,7 +261,10 @@ def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segme
     import SimpleITK as sitk
 
     seeds = _seed_list(ctx)
-    speed, _ = edge_speed(ctx.float_image, p["sigma_mm"], _seed_balls(ctx, 2.0 * p["sigma_mm"]))
+    radius = 2.0 * p["sigma_mm"]
+    speed, _ = edge_speed(
+        ctx.float_image, p["sigma_mm"], lambda gradient: seed_neighbourhood_values(ctx, radius, gradient)
+    )
     ctx.report(0.4, "fast marching")
     marching = sitk.FastMarchingImageFilter()
     for seed in seeds:
