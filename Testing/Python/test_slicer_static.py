@@ -49,7 +49,10 @@ UI_TOP_LEVEL_CLASS = "qMRMLWidget"
 MRML_SCENE_WIDGETS = {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget", "qMRMLCheckableNodeComboBox",
                       "qMRMLSubjectHierarchyTreeView", "qMRMLSubjectHierarchyComboBox"}
 
-CMAKE_FILE_SUFFIXES = {".py", ".ui", ".png", ".svg", ".json", ".txt", ".sql", ".csv", ".xml", ".qrc", ".cmake", ".md", ".yaml", ".yml", ".pt", ".ts", ".ctbl", ".nrrd", ".zip"}
+CMAKE_FILE_SUFFIXES = {
+    ".py", ".ui", ".png", ".svg", ".json", ".txt", ".sql", ".csv", ".xml", ".qrc", ".cmake",
+    ".md", ".yaml", ".yml", ".pt", ".ts", ".ctbl", ".nrrd", ".zip",
+}
 
 
 # --------------------------------------------------------------------------------------------------
