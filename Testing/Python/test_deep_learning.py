@@ -466,12 +466,13 @@ def test_cli_infer_models_import(runtime, tmp_path, monkeypatch, capsys) -> None
                 "cpu",
                 "--quiet",
                 "--json",
+                "--optimize",
             ]
         )
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
-    assert summary["peak_rss_mb"] > 0 and summary["windows"] > 0
+    assert summary["peak_rss_mb"] > 0 and summary["windows"] > 0 and summary["network"] == "traced+frozen"
     assert (tmp_path / "o.ctbl").is_file()
     labelmap = load_volume(tmp_path / "o.nii.gz", label=True)
     assert labelmap.GetImageData().GetDimensions() == (22, 20, 18)

@@ -64,7 +64,7 @@ def _infer(args: argparse.Namespace) -> int:
             amp=args.amp,
             probabilities=args.probabilities,
             progress=callback,
-            optimize=not args.no_optimize,
+            optimize=args.optimize,
         )
     finally:
         bar.close()
@@ -215,7 +215,7 @@ def register(subparsers: Any) -> None:
     infer.add_argument("--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)")
     infer.add_argument("--sw-batch", type=int, default=None, help="windows per forward pass (default: model's)")
     infer.add_argument("--probabilities", action="store_true", help="also write OUT_prob_<label>.nrrd (uint8)")
-    infer.add_argument("--no-optimize", action="store_true", help="run the eager network (no traced/frozen copy)")
+    infer.add_argument("--optimize", action="store_true", help="CPU: run a traced+frozen copy if it is exact")
     infer.add_argument("--db", help="DICOM database folder (when INPUT is a series UID)")
     infer.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     infer.add_argument("--quiet", action="store_true", help="no progress bar")
