@@ -548,6 +548,8 @@ class MedSegDICOMTest(ScriptedLoadableModuleTest):
         self.test_MedSegDICOM_pacsErrorsAreClear()
         self.setUp()
         self.test_MedSegDICOM_selftests()
+        self.setUp()
+        self.test_MedSegDICOM_exportSelftests()
 
     def test_MedSegDICOM_importAndLoad(self) -> None:
         """The panel's import -> table -> load path on MedSeg's synthetic CT series."""
@@ -586,3 +588,7 @@ class MedSegDICOMTest(ScriptedLoadableModuleTest):
 
     def test_MedSegDICOM_selftests(self) -> None:
         run_selftests(self, self.SELFTEST_MODULE, slicer.mrmlScene, self.delayDisplay)
+
+    def test_MedSegDICOM_exportSelftests(self) -> None:
+        """DICOM SEG / Parametric Map export and import round trips (the panel's export path)."""
+        run_selftests(self, "MedSegLib.selftests.export_selftests", slicer.mrmlScene, self.delayDisplay)
