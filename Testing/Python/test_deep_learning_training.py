@@ -94,11 +94,7 @@ def test_patches_are_balanced_toward_labels(tmp_path) -> None:
 def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     cases = load_cases_from_folder(_write_pairs(tmp_path / "d"), PREPROCESSING)
     first = train(_config(tmp_path / "a"), cases[:1], cases[1:], log=lambda s: None)
-    second = train(_config(tmp_path / "b"), cases[:1], cases[1:], log=lambda s: None)
-    wa = torch.load(str(tmp_path / "a" / "model.pt"), weights_only=True)
-    wb = torch.load(str(tmp_path / "b" / "model.pt"), weights_only=True)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "same seed must give identical weights"
-    assert first["best_epoch"] in (0, 1) and second["best_mean_dice"] == first["best_mean_dice"]
+    assert first["best_epoch"] in (0, 1)
     with open(tmp_path / "a" / "training" / "training_log.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["epoch"] for r in rows] == ["0", "1"] and "dice_liver" in rows[0]
@@ -113,7 +109,9 @@ def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     assert any("resumed" in m for m in messages)
     state_c = torch.load(str(tmp_path / "c" / "training" / "checkpoint_last.pt"), weights_only=False)["model"]
     state_a = torch.load(str(tmp_path / "a" / "training" / "checkpoint_last.pt"), weights_only=False)["model"]
-    assert all(torch.equal(state_a[k], state_c[k]) for k in state_a), "resume must continue bit-for-bit"
+    # run c is a separate run with the same seed, interrupted and resumed: identical weights prove both
+    # determinism and bit-for-bit resume
+    assert all(torch.equal(state_a[k], state_c[k]) for k in state_a), "same seed + resume must give the same weights"
 
 
 def test_ddp_two_cpu_ranks_agree_after_a_step(tmp_path) -> None:

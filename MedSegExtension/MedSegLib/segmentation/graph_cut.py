@@ -1,7 +1,7 @@
 """Graph cut (Boykov-Jolly 2001) from object and background seed strokes, on a region of interest.
 
-The energy is the classic one: regional terms -ln P(I | object/background) from Gaussian intensity models
-fitted to the seeds' neighbourhoods, boundary terms ``lambda * exp(-(Ip - Iq)^2 / 2 sigma^2) / distance``
+The energy is the classic one: regional terms -ln P(I | object/background) from smoothed intensity
+histograms of the seeds' neighbourhoods, boundary terms ``lambda * exp(-(Ip - Iq)^2 / 2 sigma^2) / distance``
 on the 6-neighbour grid, seeds as hard constraints. The max-flow/min-cut is PyMaxflow's (the Boykov-
 Kolmogorov algorithm). Work is limited to the seeds' bounding box padded by ``roi_mm``: graph cut memory
 grows ~100 bytes/voxel, so a whole CT would not fit.
@@ -53,26 +53,41 @@ def run_graph_cut(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     local_object = object_seeds - low
     local_background = background_seeds - low
 
-    def model(seeds: np.ndarray) -> tuple:
-        values = image[seeds[:, 2], seeds[:, 1], seeds[:, 0]]
-        if values.size < 5:  # too few seeds for a distribution: use their 3x3x3 neighbourhoods
-            values = np.concatenate(
-                [
-                    image[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel()
-                    for i, j, k in seeds
-                ]
-            )
-        return float(values.mean()), float(max(values.std(), 1.0))
+    def neighbourhood_values(seeds: np.ndarray) -> np.ndarray:
+        """Intensities of the seeds' 3x3x3 neighbourhoods (a stroke of a few points is enough)."""
+        return np.concatenate(
+            [image[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2].ravel() for i, j, k in seeds]
+        )
 
-    mean_object, sd_object = model(local_object)
-    mean_background, sd_background = model(local_background)
+    object_values = neighbourhood_values(local_object)
+    background_values = neighbourhood_values(local_background)
+    # Regional terms from smoothed intensity histograms of the seeds (Boykov-Jolly): unlike one Gaussian,
+    # a histogram represents a background made of several tissues (air, fat, muscle...).
+    low_value = float(min(object_values.min(), background_values.min()))
+    high_value = float(max(object_values.max(), background_values.max()))
+    bins = 64
+    edges = np.linspace(low_value, high_value + 1e-3, bins + 1)
 
-    def neg_log_likelihood(mean: float, sd: float) -> np.ndarray:
-        return ((image - mean) ** 2) / (2 * sd * sd) + np.log(sd)
+    def neg_log_likelihood(values: np.ndarray, unseen_penalty: float) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter1d
 
-    cost_object = neg_log_likelihood(mean_object, sd_object)  # cut cost if labelled background
-    cost_background = neg_log_likelihood(mean_background, sd_background)
-    sigma = float(p["sigma"]) if p["sigma"] else 0.5 * (sd_object + sd_background)
+        histogram = np.histogram(values, bins=edges)[0].astype(np.float64)
+        histogram = gaussian_filter1d(histogram, 1.0, mode="constant") + 1e-3 * histogram.sum() / bins
+        probability = histogram / histogram.sum()
+        costs = -np.log(probability)
+        # Intensities no seed has seen: the object's strokes are taken to cover the object's intensities,
+        # so such voxels lean to the background ("everything else") - clipping them into an edge bin
+        # would give them to whichever model owns that bin (e.g. outside air to the lungs).
+        index = np.digitize(image, edges) - 1
+        outside = (index < 0) | (index >= bins)
+        result = costs[np.clip(index, 0, bins - 1)]
+        result[outside] = -np.log(1e-3 / bins) + unseen_penalty
+        return result
+
+    cost_object = neg_log_likelihood(object_values, 1.0)  # cut cost if labelled background
+    cost_background = neg_log_likelihood(background_values, 0.0)
+    sd_object, sd_background = float(object_values.std()), float(background_values.std())
+    sigma = float(p["sigma"]) if p["sigma"] else max(1.0, min(sd_object, sd_background))
     graph = maxflow.Graph[float]()
     nodes = graph.add_grid_nodes(image.shape)
     spacing_kji = ctx.spacing_kji

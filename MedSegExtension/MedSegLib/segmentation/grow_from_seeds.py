@@ -23,19 +23,28 @@ from MedSegLib.errors import UserInputError
 from MedSegLib.segmentation.core import SegmentationContext, SegmentMask
 from MedSegLib.segmentation.params import SEEDS_LABELLED, Method, Param
 
-try:  # numba is a runtime dependency; keep import errors readable
-    import numba
-except ImportError:  # pragma: no cover - declared dependency
-    numba = None
+_KERNELS = ("_sift_up", "_sift_down", "_push", "_propagate", "_push_sources", "_invalidate")
+_compiled = False
 
 
-def _jit(function):
-    if numba is None:
-        return function
-    return numba.njit(cache=True, nogil=True)(function)
+def _compile_kernels() -> None:
+    """Replace the kernels below by numba-compiled versions on first use (importing numba costs ~1 s,
+    which ``medseg --help`` should not pay). Callers are compiled lazily too, at their first call, by
+    which time the module globals they use are already the compiled dispatchers."""
+    global _compiled
+    if _compiled:
+        return
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - declared dependency; pure Python still works, slowly
+        _compiled = True
+        return
+    namespace = globals()
+    for name in _KERNELS:
+        namespace[name] = numba.njit(cache=True, nogil=True)(namespace[name])
+    _compiled = True
 
 
-@_jit
 def _sift_up(heap, keys, pos, position):
     """Move heap[position] up while its key is smaller than its parent's (indexed binary heap; keys are
     stored beside the items so sifting touches contiguous memory, not the whole distance map)."""
@@ -54,7 +63,6 @@ def _sift_up(heap, keys, pos, position):
     pos[item] = position
 
 
-@_jit
 def _sift_down(heap, keys, pos, position, size):
     item = heap[position]
     key = keys[position]
@@ -75,7 +83,6 @@ def _sift_down(heap, keys, pos, position, size):
     pos[item] = position
 
 
-@_jit
 def _push(heap, keys, pos, size, item, key):
     """Insert ``item`` with ``key`` (or lower its key if queued); returns the new size."""
     position = pos[item]
@@ -90,7 +97,6 @@ def _push(heap, keys, pos, size, item, key):
     return size + 1
 
 
-@_jit
 def _propagate(image, allowed, distance, labels, heap, keys, pos, size, step_cost):
     """Dijkstra from the heap's content with decrease-key (each voxel at most once in the heap)."""
     nk, nj, ni = image.shape
@@ -159,7 +165,6 @@ def _propagate(image, allowed, distance, labels, heap, keys, pos, size, step_cos
     return visited
 
 
-@_jit
 def _push_sources(sources, source_labels, distance, labels, heap, keys, pos, size):
     for n in range(sources.shape[0]):
         index = sources[n]
@@ -169,7 +174,6 @@ def _push_sources(sources, source_labels, distance, labels, heap, keys, pos, siz
     return size
 
 
-@_jit
 def _invalidate(shape, allowed, distance, labels, removed, heap, keys, pos, size):
     """Forget every voxel of the removed labels and queue their valid neighbours as sources."""
     nk, nj, ni = shape[0], shape[1], shape[2]
@@ -229,6 +233,7 @@ class GrowFromSeeds:
     ) -> None:
         if array.ndim != 3:
             raise ValueError("grow from seeds needs a 3D volume")
+        _compile_kernels()
         self.image = np.ascontiguousarray(array) if array.dtype in (np.int16, np.float32) else array.astype(np.float32)
         self.shape = self.image.shape
         # A tiny length term breaks ties between equal-intensity paths in favour of the nearer seed.
