@@ -74,6 +74,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint (no resume)")
+    parser.add_argument("--intensity-scale", type=float, default=0.02, help="augmentation (normalised units)")
+    parser.add_argument("--intensity-shift", type=float, default=0.01, help="augmentation (normalised units)")
+    parser.add_argument("--intensity-noise", type=float, default=0.01, help="augmentation noise sd")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/training/ (to resume later)")
     args = parser.parse_args()
 
@@ -97,6 +100,9 @@ def main() -> int:
         roi_size=(64, 64, 64),
         learning_rate=3e-3,
         lr_schedule="poly",
+        intensity_scale=args.intensity_scale,
+        intensity_shift=args.intensity_shift,
+        intensity_noise=args.intensity_noise,
         seed=args.seed,
         val_every=5,
         channels=(8, 16, 32, 64),
