@@ -6,9 +6,10 @@ Why not call MONAI: its output buffer holds ``classes x full volume`` float32 (4
 run, the voxels below z are final: they are divided by the summed weights and handed to a consumer
 (argmax to uint8, optional probabilities) and their buffer rows are dropped.
 
-Peak memory of the stitching: ``classes x (roi_z + overhang) x H x W`` float32 for the weighted sum plus
-``(roi_z + overhang) x H x W`` for the weights, where ``overhang`` is the z-extent of the rows covered
-by one window batch (usually one scan interval). The arithmetic (window positions, padding, Gaussian
+Peak memory of the stitching: a ring buffer of ``classes x rows x H x W`` float32 for the weighted sums
+plus ``rows x H x W`` for the weights, where ``rows`` is ``roi_z`` plus the z-extent one window batch
+spans beyond its first row (0 when batches stay within a row of windows); finished rows are averaged and
+handed on ``FLUSH_ROWS`` at a time. The arithmetic (window positions, padding, Gaussian
 importance map with its 1e-3 floor, weighted sum then division, window order) follows MONAI exactly,
 so results agree to float rounding (tested: max abs diff <= 1e-5 in fp32).
 """
@@ -24,6 +25,7 @@ from MedSegLib.errors import UserInputError
 from MedSegLib.progress import CancelToken, ProgressCallback
 
 BLEND_MODES = ("gaussian", "constant")
+FLUSH_ROWS = 8  # finished rows are averaged and handed on this many at a time (bounds the temporary)
 
 
 class DeviceOutOfMemory(UserInputError):
@@ -169,40 +171,40 @@ def iter_sliding_window_slabs(
     if amp and amp_dtype is None:
         amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
 
-    acc: Optional[Any] = None  # [K, buf_len, H, W] weighted sum, rows buf_z0 .. buf_z0 + buf_len
-    count: Optional[Any] = None  # [buf_len, H, W] summed weights
-    buf_z0 = 0
-    emitted = 0  # padded z below which output was yielded
     batch = max(1, int(sw_batch_size))
+    # Ring buffer over padded rows: row r lives at r % ring. Its depth is the largest row span one batch
+    # touches (from the first unflushed row to the end of the batch's last window), so nothing is copied
+    # or reallocated while streaming; a smaller batch after an OOM only needs fewer rows.
+    ring = max(max(z for z, _, _ in windows[i : i + batch]) + roi[0] - windows[i][0] for i in range(0, total, batch))
+    ring = min(ring, depth)
+    acc: Optional[Any] = None  # [K, ring, H, W] weighted sums (allocated when K is known)
+    count = torch.zeros((ring, height, width), dtype=torch.float32)  # summed weights
+    emitted = 0  # padded z below which output was yielded
     started = time.perf_counter()
     index = 0
 
-    def ensure_rows(z_end: int, channels: int) -> None:
-        nonlocal acc, count
-        have = 0 if acc is None else acc.shape[1]
-        need = z_end - buf_z0
-        if need <= have:
-            return
-        extra = need - have
-        new_acc = torch.zeros((channels, extra, height, width), dtype=torch.float32)
-        new_count = torch.zeros((extra, height, width), dtype=torch.float32)
-        acc = new_acc if acc is None else torch.cat([acc, new_acc], dim=1)
-        count = new_count if count is None else torch.cat([count, new_count], dim=0)
+    def ring_pieces(a: int, b: int) -> List[Tuple[int, slice]]:
+        """Rows [a, b) of the padded image as (first row, ring slice) pieces (two when wrapping)."""
+        s0 = a % ring
+        e0 = s0 + (b - a)
+        if e0 <= ring:
+            return [(a, slice(s0, e0))]
+        return [(a, slice(s0, ring)), (a + ring - s0, slice(0, e0 - ring))]
 
     def flush(z_final: int) -> Iterator[Tuple[int, int, Any]]:
-        """Yield padded rows [emitted, z_final) (cropped to the image) and drop them from the buffer."""
-        nonlocal acc, count, buf_z0, emitted
+        """Yield padded rows [emitted, z_final) (cropped to the image) in chunks, then zero their ring rows."""
+        nonlocal emitted
         if acc is None or z_final <= emitted:
             return
-        rows = z_final - buf_z0
-        averaged = acc[:, :rows] / count[None, :rows]
-        lo, hi = max(emitted, z_crop0), min(z_final, z_crop1)
-        if hi > lo:
-            out = averaged[:, lo - buf_z0 : hi - buf_z0, h_sl, w_sl]
-            yield lo - z_crop0, hi - z_crop0, out
-        acc = acc[:, rows:].clone() if rows < acc.shape[1] else None
-        count = count[rows:].clone() if rows < count.shape[0] else None
-        buf_z0 = z_final
+        for a in range(emitted, z_final, FLUSH_ROWS):
+            for first, sl in ring_pieces(a, min(a + FLUSH_ROWS, z_final)):
+                last = first + (sl.stop - sl.start)
+                lo, hi = max(first, z_crop0), min(last, z_crop1)
+                if hi > lo:
+                    rows = slice(sl.start + lo - first, sl.start + hi - first)
+                    yield lo - z_crop0, hi - z_crop0, acc[:, rows, h_sl, w_sl] / count[None, rows, h_sl, w_sl]
+                acc[:, sl].zero_()
+                count[sl].zero_()
         emitted = z_final
 
     while index < total:
@@ -230,12 +232,13 @@ def iter_sliding_window_slabs(
                 ) from None
             batch = max(1, batch // 2)
             continue
-        channels = out.shape[1]
-        ensure_rows(max(z for z, _, _ in chunk) + roi[0], channels)
+        if acc is None:
+            acc = torch.zeros((out.shape[1], ring, height, width), dtype=torch.float32)
         for window_out, (z, y, x) in zip(out, chunk):
-            zs = slice(z - buf_z0, z - buf_z0 + roi[0])
-            acc[:, zs, y : y + roi[1], x : x + roi[2]] += window_out
-            count[zs, y : y + roi[1], x : x + roi[2]] += weight_cpu
+            for first, sl in ring_pieces(z, z + roi[0]):
+                part = slice(first - z, first - z + (sl.stop - sl.start))
+                acc[:, sl, y : y + roi[1], x : x + roi[2]] += window_out[:, part]
+                count[sl, y : y + roi[1], x : x + roi[2]] += weight_cpu[part]
         index += len(chunk)
         # Everything below the next window's z start is final.
         next_z = windows[index][0] if index < total else depth
