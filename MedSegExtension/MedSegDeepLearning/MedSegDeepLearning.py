@@ -39,27 +39,17 @@ def _ensureMedSegLibImportable() -> None:
 _ensureMedSegLibImportable()
 
 
+from MedSegLib.slicer_support import import_part, resource_file, run_selftests  # noqa: E402
+
+
 def _importMedSegLib(moduleName: str) -> Any:
     """Import a MedSegLib module lazily; a part that is not in this build becomes one readable error."""
-    try:
-        return importlib.import_module(moduleName)
-    except ModuleNotFoundError as error:
-        if error.name and error.name.split(".")[0] == "MedSegLib":
-            message = _("{module} is not available in this MedSeg build (missing {missing}).").format(
-                module=moduleName, missing=error.name)
-        else:
-            message = _("{module} needs the Python package '{package}'.").format(module=moduleName, package=error.name)
-        raise RuntimeError(message) from error
+    return import_part(moduleName, _)
 
 
 def _resourceFile(owner: Any, relativePath: str) -> str:
     """``owner.resourcePath`` (installed layout) if the file is there, else the source tree's top-level Resources/."""
-    installedPath = owner.resourcePath(relativePath)
-    if os.path.isfile(installedPath):
-        return installedPath
-    from MedSegLib.resources import resource_path
-
-    return str(resource_path(*relativePath.split("/")))
+    return resource_file(owner.resourcePath(relativePath), relativePath)
 
 
 def _useSourceTreeIcon(module: Any) -> None:
@@ -349,15 +339,4 @@ class MedSegDeepLearningTest(ScriptedLoadableModuleTest):
         self.assertTrue(token.cancelled)
 
     def test_MedSegDeepLearning_selftests(self) -> None:
-        try:
-            selftests = importlib.import_module(self.SELFTEST_MODULE)
-        except ImportError as error:
-            self.fail(f"{self.SELFTEST_MODULE} cannot be imported: {error}")
-        checks = getattr(selftests, "ALL_CHECKS", None) or {
-            name: value for name, value in vars(selftests).items() if name.startswith("check_") and callable(value)}
-        self.assertTrue(checks, f"{self.SELFTEST_MODULE} defines no check_* functions")
-        for name, check in sorted(checks.items()):
-            with self.subTest(check=name), tempfile.TemporaryDirectory(prefix="MedSegDeepLearningTest-") as workDir:
-                self.delayDisplay(f"Running {name}")
-                slicer.mrmlScene.Clear()
-                check(slicer.mrmlScene, Path(workDir))
+        run_selftests(self, self.SELFTEST_MODULE, slicer.mrmlScene, self.delayDisplay)
