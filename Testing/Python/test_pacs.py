@@ -81,7 +81,12 @@ def _assert_same_series(database: Path, stored: dict) -> None:
         files = db.filesForSeries(stored["series"])
         assert len(files) == stored["count"]
         assert all(Path(f).resolve().is_relative_to(database.resolve()) for f in files), "files outside the database"
-    assert _pixels_by_sop(files) == _pixels_by_sop(stored["files"]), "stored pixel data changed in transit"
+    original_pixels, retrieved_pixels = _pixels_by_sop(stored["files"]), _pixels_by_sop(files)
+    # compare explicitly: pytest's diff of two dicts of pixel bytes is quadratic and can run for many minutes
+    changed = sorted(sop for sop, pixels in original_pixels.items() if retrieved_pixels.get(sop) != pixels)
+    assert not changed and set(retrieved_pixels) == set(original_pixels), (
+        f"stored pixel data changed in transit for {len(changed)} instance(s), e.g. {changed[:2]}"
+    )
     original = load_series_files(stored["files"])[0]
     retrieved = load_series_files(files)[0]
     assert retrieved.array.dtype == original.array.dtype
