@@ -94,24 +94,21 @@ def load_segmentation(path: PathLike, scene: Any = None, name: Optional[str] = N
 
 
 def load_markups(path: PathLike, scene: Any = None) -> Any:
-    """Load a ``.mrk.json`` markups file (the node class is read from the file)."""
+    """Load a ``.mrk.json`` markups file as the node class it declares (point list, line, curve, ROI...)."""
     boot()
     path = _require_file(path)
     scene = resolve_scene(scene)
     storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
-    node_class = (
-        storage.GetMarkupsTypeStringFromFile(str(path)) if hasattr(storage, "GetMarkupsTypeStringFromFile") else ""
-    )
-    class_name = {
-        "Fiducial": "vtkMRMLMarkupsFiducialNode",
-        "Line": "vtkMRMLMarkupsLineNode",
-        "Angle": "vtkMRMLMarkupsAngleNode",
-        "Curve": "vtkMRMLMarkupsCurveNode",
-        "ClosedCurve": "vtkMRMLMarkupsClosedCurveNode",
-        "Plane": "vtkMRMLMarkupsPlaneNode",
-        "ROI": "vtkMRMLMarkupsROINode",
-    }.get(node_class, "vtkMRMLMarkupsFiducialNode")
-    node = scene.AddNewNodeByClass(class_name, default_node_name(path))
+    markups_types: List[str] = []
+    storage.GetMarkupsTypesInFile(str(path), markups_types)
+    if not markups_types:
+        scene.RemoveNode(storage)
+        raise UserInputError("holds no markups", path)
+    # Markups node classes are named after the type in the file: "Line" -> vtkMRMLMarkupsLineNode.
+    node = scene.AddNewNodeByClass(f"vtkMRMLMarkups{markups_types[0]}Node", default_node_name(path))
+    if node is None:
+        scene.RemoveNode(storage)
+        raise UserInputError(f"unsupported markups type {markups_types[0]!r}", path)
     _read_with_storage_node(node, storage, path, scene)
     node.CreateDefaultDisplayNodes()
     return node
@@ -207,11 +204,10 @@ def export_segmentation_to_labelmap(
         save_node(colors, table_path)
         return {"labelmap": path, "label_table": table_path}
     finally:
-        for extra in (labelmap,):
-            storage = extra.GetStorageNode()
-            if storage is not None:
-                scene.RemoveNode(storage)
-            scene.RemoveNode(extra)
+        storage = labelmap.GetStorageNode()
+        if storage is not None:
+            scene.RemoveNode(storage)
+        scene.RemoveNode(labelmap)
 
 
 def label_table_path(labelmap_path: PathLike) -> Path:

@@ -151,6 +151,11 @@ def check_markups_and_tables(scene: Any, work_dir: Path) -> None:
         load_markups(save_node(markups, work_dir / "seeds.mrk.json"), scene)
     )
     assert np.allclose(back, points, atol=1e-9), back
+    line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "ruler")
+    slicer.util.updateMarkupsControlPointsFromArray(line, points)
+    loaded_line = load_markups(save_node(line, work_dir / "ruler.mrk.json"), scene)
+    assert loaded_line.IsA("vtkMRMLMarkupsLineNode"), loaded_line.GetClassName()
+    assert np.allclose(slicer.util.arrayFromMarkupsControlPoints(loaded_line), points, atol=1e-9)
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "stats")
     column = table.AddColumn()
     column.SetName("Volume [mm3]")
