@@ -19,16 +19,29 @@ import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from MedSegLib.resources import resource_path
 
-# Module name (as Slicer's ``slicer.modules.<lowercase>`` uses it) -> (logic class name, share sub-folder).
-_HEADLESS_MODULE_LOGICS: Dict[str, tuple] = {
-    "Volumes": ("vtkSlicerVolumesLogic", "VolumeDisplayPresets"),
+
+def _volume_presets_share_dir() -> Path:
+    """Slicer's built-in display presets plus MedSeg's window preset library, in Slicer's format."""
+    from MedSegLib.windowing.display import library_volume_display_presets_folder
+
+    return library_volume_display_presets_folder()
+
+
+def _terminologies_share_dir() -> Path:
+    """MedSeg's SNOMED CT subset, under the file names the Terminologies logic loads by default."""
+    return resource_path("Terminologies")
+
+
+# Module name (as Slicer's ``slicer.modules.<lowercase>`` uses it) -> (logic class name, share-folder provider).
+_HEADLESS_MODULE_LOGICS: Dict[str, Tuple[str, Optional[Callable[[], Path]]]] = {
+    "Volumes": ("vtkSlicerVolumesLogic", _volume_presets_share_dir),
     "Segmentations": ("vtkSlicerSegmentationsModuleLogic", None),
     "SubjectHierarchy": ("vtkSlicerSubjectHierarchyModuleLogic", None),
-    "Terminologies": ("vtkSlicerTerminologiesModuleLogic", "Terminologies"),
+    "Terminologies": ("vtkSlicerTerminologiesModuleLogic", _terminologies_share_dir),
     "Markups": ("vtkSlicerMarkupsLogic", None),
     "Sequences": ("vtkSlicerSequencesLogic", None),
     "Tables": ("vtkSlicerTablesLogic", None),
@@ -149,13 +162,6 @@ def _silence_vtk_output_window() -> None:
     vtk.vtkOutputWindow.SetInstance(output)
 
 
-def _volume_presets_share_dir() -> Path:
-    """Slicer's built-in display presets plus MedSeg's window preset library, in Slicer's format."""
-    from MedSegLib.windowing.display import library_volume_display_presets_folder
-
-    return library_volume_display_presets_folder()
-
-
 def _boot_headless() -> SlicerRuntime:
     import slicer
     import vtk
@@ -177,15 +183,13 @@ def _boot_headless() -> SlicerRuntime:
 
     logics: Dict[str, Any] = {"Colors": color_logic}
     app_logic.SetModuleLogic("Colors", color_logic)
-    for module_name, (class_name, share_folder) in _HEADLESS_MODULE_LOGICS.items():
+    for module_name, (class_name, share_dir) in _HEADLESS_MODULE_LOGICS.items():
         logic_class = getattr(slicer, class_name, None)
         if logic_class is None:
             continue
         logic = logic_class()
-        if module_name == "Volumes":
-            logic.SetModuleShareDirectory(str(_volume_presets_share_dir()))
-        elif share_folder:
-            logic.SetModuleShareDirectory(str(resource_path(share_folder)))
+        if share_dir is not None:  # before the scene, which makes some logics read their share folder
+            logic.SetModuleShareDirectory(str(share_dir()))
         logic.SetMRMLApplicationLogic(app_logic)
         logic.SetMRMLScene(scene)
         app_logic.SetModuleLogic(module_name, logic)
