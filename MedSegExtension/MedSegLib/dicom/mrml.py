@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 
 import numpy as np
 
 from MedSegLib.runtime import boot, resolve_scene
 from MedSegLib.volume_nodes import add_volume_node
+
+if TYPE_CHECKING:
+    from MedSegLib.dicom.loader import LoadedVolume
 
 PER_VOLUME_ATTRIBUTE = "MedSeg.perVolumeParameters"
 
@@ -86,26 +89,24 @@ def place_in_subject_hierarchy(node: Any, info: Dict[str, str], scene: Any) -> N
     sh.SetItemAttribute(series_item, constants.GetDICOMSeriesNumberAttributeName(), str(info.get("SeriesNumber", "")))
 
 
-def _dicom_info(loaded: Any) -> Dict[str, str]:
-    info = dict(getattr(loaded, "dicom_info", None) or getattr(loaded, "info", None) or {})
-    if getattr(loaded, "series_uid", None):
+def _dicom_info(loaded: LoadedVolume) -> Dict[str, str]:
+    info = dict(loaded.dicom_info)
+    if loaded.series_uid:
         info.setdefault("SeriesInstanceUID", loaded.series_uid)
     return {key: "" if value is None else str(value) for key, value in info.items()}
 
 
-def _tag_volume_node(node: Any, loaded: Any, instance_uids: Optional[Sequence[str]] = None) -> None:
-    uids = list(instance_uids if instance_uids is not None else getattr(loaded, "instance_uids", []) or [])
-    if uids:
-        node.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
-    numbers = getattr(loaded, "instance_numbers", None)
-    if numbers:
-        node.SetAttribute("DICOM.instanceNumbers", " ".join(str(n) if n is not None else "?" for n in numbers))
-    warnings = getattr(loaded, "warnings", None) or []
-    if warnings:
-        node.SetAttribute("MedSeg.loadWarnings", json.dumps(list(warnings)))
+def _tag_volume_node(node: Any, loaded: LoadedVolume) -> None:
+    if loaded.instance_uids:
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(loaded.instance_uids))
+    if loaded.instance_numbers:
+        numbers = (str(n) if n is not None else "?" for n in loaded.instance_numbers)
+        node.SetAttribute("DICOM.instanceNumbers", " ".join(numbers))
+    if loaded.warnings:
+        node.SetAttribute("MedSeg.loadWarnings", json.dumps(list(loaded.warnings)))
 
 
-def add_loaded_volume(loaded: Any, scene: Any = None) -> Any:
+def add_loaded_volume(loaded: LoadedVolume, scene: Any = None) -> Any:
     """Add a loader result to the scene: a scalar volume (3D) or a sequence of volumes (4D)."""
     boot()
     scene = resolve_scene(scene)
@@ -114,20 +115,20 @@ def add_loaded_volume(loaded: Any, scene: Any = None) -> Any:
         return _add_sequence(loaded, scene)
     node = add_volume_node(array, loaded.ijk_to_ras, loaded.name, scene)
     _tag_volume_node(node, loaded)
-    apply_window_presets(node, getattr(loaded, "window_presets", None) or [])
+    apply_window_presets(node, loaded.window_presets)
     place_in_subject_hierarchy(node, _dicom_info(loaded), scene)
     return node
 
 
-def _add_sequence(loaded: Any, scene: Any) -> Any:
+def _add_sequence(loaded: LoadedVolume, scene: Any) -> Any:
     """4D array (t, k, j, i) -> sequence node of scalar volumes + browser; parameters per volume."""
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", loaded.name)
-    per_volume: List[Dict[str, Any]] = list(getattr(loaded, "per_volume", None) or [])
+    per_volume: List[Dict[str, Any]] = list(loaded.per_volume)
     index_name, index_unit = _sequence_index(per_volume)
     sequence.SetIndexName(index_name)
     sequence.SetIndexUnit(index_unit)
     sequence.SetIndexType(sequence.NumericIndex)
-    presets = getattr(loaded, "window_presets", None) or []
+    presets = loaded.window_presets
     for index, volume_array in enumerate(np.asarray(loaded.array)):
         volume = add_volume_node(volume_array, loaded.ijk_to_ras, f"{loaded.name} [{index}]", scene)
         apply_window_presets(volume, presets)
