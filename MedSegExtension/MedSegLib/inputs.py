@@ -20,6 +20,26 @@ def looks_like_uid(text: str) -> bool:
     return len(text) <= 64 and bool(_UID_PATTERN.match(text))
 
 
+def series_files_in_database(series_uid: str, db: Optional[str]) -> List[str]:
+    """Files of ``series_uid`` in an existing DICOM database: how every command resolves ``UID --db DIR``.
+
+    The database is opened read-only in spirit (``create=False``): a wrong ``--db`` never creates
+    a database inside some unrelated folder.
+    """
+    if not db:
+        raise UserInputError(f"series UID {series_uid} given without --db DIR (the DICOM database to look in)")
+    database_dir = Path(db)
+    if not database_dir.is_dir():
+        raise UserInputError("DICOM database folder does not exist", database_dir)
+    from MedSegLib.dicom.database import DicomDatabase
+
+    with DicomDatabase(database_dir, create=False) as database:
+        files = list(database.filesForSeries(series_uid))
+    if not files:
+        raise UserInputError(f"series {series_uid} is not in the database", database_dir)
+    return files
+
+
 def load_input_volumes(
     spec: str, scene: Any = None, db: Optional[str] = None, keep_acquired_grid: bool = False
 ) -> List[Any]:
@@ -39,18 +59,10 @@ def load_input_volumes(
             return [load_volume(path, scene)]
         raise UserInputError("not a volume file (.nrrd, .nii, .nii.gz, .mha) nor a DICOM folder", path)
     if looks_like_uid(spec):
-        if not db:
-            raise UserInputError(f"series UID {spec} given without --db DIR (the DICOM database to look in)")
-        from MedSegLib.dicom.database import DicomDatabase
         from MedSegLib.dicom.loader import load_series_files
         from MedSegLib.dicom.mrml import add_loaded_volume
 
-        database_dir = Path(db)
-        if not database_dir.is_dir():
-            raise UserInputError("DICOM database folder not found", database_dir)
-        files = DicomDatabase(database_dir).filesForSeries(spec)
-        if not files:
-            raise UserInputError(f"series {spec} is not in the database", database_dir)
+        files = series_files_in_database(spec, db)
         loaded = load_series_files(files, keep_acquired_grid=keep_acquired_grid)
         return [add_loaded_volume(item, scene) for item in loaded]
     raise UserInputError("no such file, folder or series UID", spec)

@@ -47,14 +47,9 @@ def run_load(args: argparse.Namespace) -> int:
     output = Path(args.output)
     suffix = volume_suffix(output)
     if args.db:
-        from MedSegLib.dicom.database import DicomDatabase
+        from MedSegLib.inputs import series_files_in_database
 
-        database_dir = Path(args.db)
-        if not database_dir.exists():
-            raise UserInputError("DICOM database folder does not exist", database_dir)
-        files = list(DicomDatabase(database_dir, create=False).filesForSeries(args.source))
-        if not files:
-            raise UserInputError(f"series {args.source} is not in the database", database_dir)
+        files = series_files_in_database(args.source, args.db)
         volumes = loader.load_series_files(files, args.keep_acquired_grid, args.philips_scale_slope)
     else:
         volumes = loader.load_folder(args.source, args.keep_acquired_grid, args.philips_scale_slope)

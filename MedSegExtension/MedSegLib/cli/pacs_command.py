@@ -210,7 +210,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
 
 def _send_items(args: argparse.Namespace) -> List[str]:
     from MedSegLib.dicom.loader import list_folder_files
-    from MedSegLib.inputs import looks_like_uid
+    from MedSegLib.inputs import looks_like_uid, series_files_in_database
 
     files: List[str] = []
     for item in args.items:
@@ -220,14 +220,7 @@ def _send_items(args: argparse.Namespace) -> List[str]:
         elif path.is_file():
             files.append(str(path))
         elif looks_like_uid(item):
-            if not args.db:
-                raise UserInputError(f"series UID {item} given without --db DIR")
-            from MedSegLib.dicom.database import DicomDatabase
-
-            found = DicomDatabase(args.db, create=False).filesForSeries(item)
-            if not found:
-                raise UserInputError(f"series {item} is not in the database", args.db)
-            files += found
+            files += series_files_in_database(item, args.db)
         else:
             raise UserInputError("no such file, folder or series UID", item)
     return files

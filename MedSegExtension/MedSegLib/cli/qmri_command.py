@@ -69,7 +69,7 @@ def load_acquisition(inputs: List[str], db: Optional[str] = None) -> Any:
     """All INPUTs as one ``Acquisition`` (DICOM folders / UIDs keep their per-image parameters)."""
     from types import SimpleNamespace
 
-    from MedSegLib.inputs import looks_like_uid
+    from MedSegLib.inputs import looks_like_uid, series_files_in_database
     from MedSegLib.qmri.acquisition import combine_volumes
 
     items: List[Any] = []
@@ -86,15 +86,9 @@ def load_acquisition(inputs: List[str], db: Optional[str] = None) -> Any:
             array, ijk_to_ras = _read_array_file(path)
             items.append(SimpleNamespace(array=array, ijk_to_ras=ijk_to_ras, per_volume=[], name=path.name))
         elif looks_like_uid(spec):
-            if not db:
-                raise UserInputError(f"series UID {spec} given without --db DIR")
-            from MedSegLib.dicom.database import DicomDatabase
             from MedSegLib.dicom.loader import load_series_files
 
-            files = DicomDatabase(Path(db)).filesForSeries(spec)
-            if not files:
-                raise UserInputError(f"series {spec} is not in the database", db)
-            items.extend(load_series_files(files, use_philips_scale_slope=True))
+            items.extend(load_series_files(series_files_in_database(spec, db), use_philips_scale_slope=True))
         else:
             raise UserInputError("no such file, folder or series UID", spec)
     acquisition = combine_volumes(items)

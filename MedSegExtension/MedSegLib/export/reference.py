@@ -43,7 +43,7 @@ class ReferenceSeries:
 def series_files(spec: str, db: Optional[str] = None) -> List[str]:
     """Files of the series ``spec`` designates: a folder (one series), a file list's folder, or a UID in ``db``."""
     from MedSegLib.dicom.loader import list_folder_files
-    from MedSegLib.inputs import looks_like_uid
+    from MedSegLib.inputs import looks_like_uid, series_files_in_database
 
     path = Path(spec)
     if path.is_dir():
@@ -51,14 +51,7 @@ def series_files(spec: str, db: Optional[str] = None) -> List[str]:
     if path.is_file():
         return list_folder_files(path.parent)
     if looks_like_uid(spec):
-        if not db:
-            raise UserInputError(f"series UID {spec} given without --db DIR (the DICOM database to look in)")
-        from MedSegLib.dicom.database import DicomDatabase
-
-        files = DicomDatabase(db, create=False).filesForSeries(spec)
-        if not files:
-            raise UserInputError(f"series {spec} is not in the database", db)
-        return files
+        return series_files_in_database(spec, db)
     raise UserInputError("reference series not found (a DICOM folder, or a series UID with --db)", spec)
 
 
