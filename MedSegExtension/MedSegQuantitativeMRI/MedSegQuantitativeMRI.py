@@ -74,7 +74,8 @@ class MedSegQuantitativeMRI(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Fit a relaxation model in every voxel of a multi-volume MR series (a sequence node with one volume per
 inversion time, flip angle or echo time): inversion recovery T1 (with polarity restoration), variable flip angle
-T1 (needs TR), MOLLI/Look-Locker T1, spin-echo T2 (mono-exponential or EPG with B1) and T2*. Acquisition values
+T1 (needs TR; linear or nonlinear, optional B1 map), MOLLI/Look-Locker T1, spin-echo T2 (mono-exponential, or EPG
+with B1 fitted or taken from a B1 map, refocusing angle and assumed T1) and T2*. Acquisition values
 are read from the sequence (DICOM) unless typed in. An optional mask segment restricts the fit (default: Otsu).
 Outputs: the parameter map in ms, M0, R^2 (quality), RMSE and a fit-status map (0 = fitted; bit flags for masked,
 invalid input, at search bound, not converged, degenerate, polarity ambiguous, outside physical range).
@@ -116,6 +117,10 @@ class MedSegQuantitativeMRIParameterNode:
     maskSegmentID: str = ""
     offsetTerm: bool = False
     dropFirstEcho: bool = False
+    b1Map: vtkMRMLScalarVolumeNode
+    vfaMethod: Annotated[str, Choice(["nonlinear", "linear"])] = "nonlinear"
+    epgRefocusingAngle: Annotated[float, WithinRange(1.0, 180.0)] = 180.0
+    epgT1: Annotated[float, WithinRange(1.0, 10000.0)] = 1000.0
     outputMap: vtkMRMLScalarVolumeNode
     outputQuality: vtkMRMLScalarVolumeNode
 
@@ -216,6 +221,10 @@ class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.repetitionTimeSpinBox.enabled = model == "VFA"
         self.ui.offsetCheckBox.enabled = model in ("T2 SE", "T2*")
         self.ui.dropFirstEchoCheckBox.enabled = model == "T2 SE"
+        self.ui.b1MapSelector.enabled = model in ("VFA", "T2 EPG")
+        self.ui.vfaMethodComboBox.enabled = model == "VFA"
+        self.ui.epgRefocusingSpinBox.enabled = model == "T2 EPG"
+        self.ui.epgT1SpinBox.enabled = model == "T2 EPG"
 
     def _onProgress(self, fraction: float, message: str = "") -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
@@ -240,6 +249,8 @@ class MedSegQuantitativeMRIWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                         repetitionTime=parameters.repetitionTime,
                         maskSegmentation=parameters.maskSegmentation, maskSegmentID=parameters.maskSegmentID,
                         offsetTerm=parameters.offsetTerm, dropFirstEcho=parameters.dropFirstEcho,
+                        b1Map=parameters.b1Map, vfaMethod=parameters.vfaMethod,
+                        epgRefocusingAngle=parameters.epgRefocusingAngle, epgT1=parameters.epgT1,
                         progressCallback=self._onProgress, cancelToken=self._cancelToken)
                 except OperationCancelled:
                     self.ui.statusLabel.text = _("Cancelled.")
@@ -291,10 +302,13 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
     def fit(self, inputSequence, model: str, outputMap=None, outputQuality=None,
             acquisitionValues: Optional[List[float]] = None, repetitionTime: float = 0.0,
             maskSegmentation=None, maskSegmentID: str = "", offsetTerm: bool = False,
-            dropFirstEcho: bool = False, progressCallback=None, cancelToken=None) -> Tuple[Any, Any]:
+            dropFirstEcho: bool = False, b1Map=None, vfaMethod: str = "nonlinear",
+            epgRefocusingAngle: float = 180.0, epgT1: float = 1000.0,
+            progressCallback=None, cancelToken=None) -> Tuple[Any, Any]:
         """Fit ``model`` (panel label or MedSegLib id); creates the parameter map volume if none is given.
 
-        Returns (parameter map, goodness-of-fit map or None).
+        ``b1Map`` (VFA, T2 EPG): flip-angle scale volume on the sequence grid; VFA corrects its angles with it, EPG
+        takes B1 from it instead of fitting it. Returns (parameter map, goodness-of-fit map or None).
         """
         if inputSequence is None:
             raise ValueError(_("Select an input sequence."))
@@ -309,6 +323,10 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
                 given=len(acquisitionValues), count=count))
         if modelId == "vfa" and repetitionTime <= 0:
             raise ValueError(_("The VFA model needs the repetition time TR (ms)."))
+        if modelId == "vfa" and vfaMethod not in ("nonlinear", "linear"):
+            raise ValueError(_("Unknown VFA fit: {method}").format(method=vfaMethod))
+        if modelId == "epg" and not (0.0 < epgRefocusingAngle <= 180.0 and epgT1 > 0.0):
+            raise ValueError(_("EPG needs a refocusing angle in (0, 180] degrees and a positive T1."))
         pipeline = _importMedSegLib("MedSegLib.qmri.pipeline")
         mask = (maskSegmentation, maskSegmentID) if maskSegmentation is not None and maskSegmentID else None
         primary = {"ir": "T1", "vfa": "T1", "molli": "T1", "t2": "T2", "epg": "T2", "t2star": "T2star"}[modelId]
@@ -318,10 +336,15 @@ class MedSegQuantitativeMRILogic(ScriptedLoadableModuleLogic):
             options["offset"] = bool(offsetTerm)
         if modelId == "t2":
             options["drop_first_echo"] = bool(dropFirstEcho)
+        if modelId == "vfa":
+            options["method"] = vfaMethod
+        if modelId == "epg":
+            options["refocusing_deg"] = float(epgRefocusingAngle)
+            options["t1_ms"] = float(epgT1)
         result, nodes = pipeline.fit_sequence_node(
             inputSequence, modelId, acquisition_values=acquisitionValues,
             repetition_time_ms=repetitionTime or None, mask=mask, options=options, output_nodes=reuse,
-            progress=progressCallback, cancel=cancelToken)
+            b1=b1Map if modelId in ("vfa", "epg") else None, progress=progressCallback, cancel=cancelToken)
         self.lastResult = result
         if maskSegmentation is not None:  # per-segment mean/SD/median/IQR of the map, as a table node
             self.lastStatistics = pipeline.segment_statistics_table(

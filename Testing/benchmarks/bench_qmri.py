@@ -16,6 +16,7 @@ installed) uses its defaults (RD-NLS for IR, scipy least_squares for T2).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -25,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedSegExtension"))
 
-from MedSegLib.qmri import fitting, models  # noqa: E402
+from MedSegLib.qmri import _kernels, fitting, models  # noqa: E402
 
 TI = np.array([50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0])
 TE = np.arange(1, 33) * 10.0
@@ -110,6 +111,13 @@ def timed(function, *args) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
+def timed_cpu(function, *args) -> tuple[float, float, object]:
+    """(wall s, CPU s of this process over all threads, result)."""
+    cpu = time.process_time()
+    wall, result = timed(function, *args)
+    return wall, time.process_time() - cpu, result
+
+
 def errors(estimate: np.ndarray, truth: np.ndarray) -> str:
     relative = np.abs(estimate / truth - 1.0) * 100
     return f"median {np.nanmedian(relative):6.3f} %  p95 {np.nanpercentile(relative, 95):7.3f} %"
@@ -120,6 +128,10 @@ def speed_and_accuracy(subsample: int, quick: bool) -> None:
     shape = (8, 64, 64) if quick else SHAPE
     n = int(np.prod(shape))
     print(f"== speed: {shape[2]}x{shape[1]}x{shape[0]} = {n} voxels, {subsample} voxels for the per-voxel fitters ==")
+    print(
+        f"   {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (a shared machine: compare the ratios, "
+        f"measured in the same run)"
+    )
     for kind in ("ir", "t2"):
         if kind == "ir":
             truth = rng.uniform(100.0, 2500.0, n)
@@ -128,7 +140,8 @@ def speed_and_accuracy(subsample: int, quick: bool) -> None:
             truth = rng.uniform(20.0, 300.0, n)
             y = rician(models.mono_exp_signal(truth, 1000.0, TE), 1000.0 / 100, rng)
         volume = np.ascontiguousarray(y.T.reshape((y.shape[1],) + shape))
-        ours_time, fitted = timed(ours_volume, kind, volume)
+        ours_volume(kind, volume[:, :1, :4, :4])  # compile (or load the numba cache) outside the timing
+        ours_time, ours_cpu, fitted = timed_cpu(ours_volume, kind, volume)
         fitted = fitted.maps["T1" if kind == "ir" else "T2"].reshape(-1).astype(np.float64)
         pick = rng.choice(n, subsample, replace=False)
         cf_time, cf = timed(curve_fit_ir if kind == "ir" else curve_fit_t2, y[pick], truth[pick])
@@ -139,7 +152,10 @@ def speed_and_accuracy(subsample: int, quick: bool) -> None:
         rate = n / ours_time
         cf_rate = subsample / cf_time
         label = "IR T1 (7 TI)" if kind == "ir" else "T2 (32 echoes)"
-        print(f"{label}: MedSeg {rate:10.0f} vox/s ({ours_time:.2f} s for {n})")
+        print(
+            f"{label}: MedSeg {rate:10.0f} vox/s ({ours_time:.2f} s for {n}; {n / ours_cpu:.0f} vox per CPU-second "
+            f"over {_kernels.thread_count()} threads)"
+        )
         print(f"{'':16s}curve_fit {cf_rate:8.0f} vox/s -> x{rate / cf_rate:.0f} (whole volume ~{n / cf_rate:.0f} s)")
         if qm is not None:
             qm_rate = len(qm_pick) / qm_time

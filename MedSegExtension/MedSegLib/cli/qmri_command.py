@@ -114,11 +114,10 @@ def _b1_argument(text: Optional[str], shape: tuple) -> Any:
         return float(text)
     except ValueError:
         pass
+    from MedSegLib.qmri.pipeline import b1_factor
+
     array, _ = _read_array_file(Path(text))
-    if array[0].shape != shape:
-        raise UserInputError(f"B1 map shape {array[0].shape} differs from the image grid {shape}", text)
-    b1 = array[0]
-    return b1 / 100.0 if np.nanmedian(b1[b1 > 0]) > 10 else b1  # percent maps (100 = nominal) -> factor
+    return b1_factor(array[0], shape, text)  # percent maps (100 = nominal) -> factor
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,10 +4,12 @@ Every relaxometry model here is ``y = Phi(theta) c`` with one nonlinear paramete
 amplitudes ``c``. For fixed theta the best ``c`` is a closed-form least-squares solve, so only theta needs a search
 (Golub & Pereyra; Barral 2010 RD-NLS is the IR case). The search is:
 
-1. a log-spaced grid scored for all voxels by one matrix product per chunk (orthonormalised bases, so the score
-   is ``|Q^T y|^2`` and RSS = ``|y|^2 - score``): the global minimum on the grid, no starting guess;
-2. bracketed parabolic refinement in ``log theta`` with exact per-voxel costs in float64 until the bracket is
-   ``grid step / 4^rounds`` wide, which lands on the same least-squares minimum as ``curve_fit``.
+1. a log-spaced grid scored per voxel with orthonormalised bases (the explained energy is ``|Q^T y|^2`` and
+   RSS = ``|y|^2 - score``): the global minimum on the grid, no starting guess;
+2. refinement of ``log theta`` inside the bracket of the best grid point to the exact least-squares minimum (the
+   one ``curve_fit`` finds): the compiled kernel (``_kernels``, used by ``fit_voxels``) runs safeguarded Newton
+   with analytic derivatives of the reduced cost; the numpy path (``fit_separable``) runs bracketed parabolic
+   steps.
 
 Polarity restoration for magnitude IR (Barral's RD-NLS-PR) runs the search for the two sign patterns next to the
 smallest sample and keeps the better. Deterministic (no random numbers) and chunked so memory stays bounded.
@@ -145,7 +147,6 @@ def fit_separable(
     chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
-    kernel: Optional[tuple] = None,
 ) -> SeparableFit:
     """Least-squares fit of ``y (V, N) ~ basis(theta) @ c`` for every voxel, theta searched in [lower, upper].
 
@@ -153,11 +154,9 @@ def fit_separable(
     minimum are negated and the better candidate is kept (Barral 2010). Voxels whose theta ends on the search
     bound are flagged ``STATUS_AT_BOUND`` (the value is reported, not moved).
 
-    ``kernel = (kind, times, tr)`` names the same basis for the compiled refinement (``_kernels``), which then
-    refines every polarity candidate exactly; without numba the numpy path below gives the same answer.
+    This is the numpy path (``fit_voxels`` uses the compiled kernel when numba is there); both land on the same
+    least-squares minimum.
     """
-    from MedSegLib.qmri import _kernels
-
     y = np.asarray(y, dtype=np.float64)
     n_vox, n_pts = y.shape
     grid = log_grid(lower, upper, grid_size)
@@ -201,44 +200,6 @@ def fit_separable(
             candidates = [np.where(index <= k_min[:, None], -1.0, 1.0), np.where(index < k_min[:, None], -1.0, 1.0)]
         else:
             candidates = [np.ones((1, n_pts))]
-        out = None
-        if kernel is not None and _kernels.AVAILABLE:
-            if polarity_restore:
-                cuts = np.stack([k_min + 1, k_min], axis=1)
-            else:
-                cuts = np.zeros((len(yc), 1), dtype=np.int64)
-            g_best = np.stack([_grid_argmax(yc * signs, q32, grid_size, k) for signs in candidates], axis=1)
-            try:
-                out = _kernels.refine(
-                    yc,
-                    cuts,
-                    g_best,
-                    kernel[1],
-                    kernel[2],
-                    kernel[0],
-                    log_lo,
-                    log_hi,
-                    step,
-                    grid_size,
-                    4 * refine_rounds,  # Gauss-Newton iterations (one pass each; most voxels stop after 3-4)
-                )
-            except Exception:  # noqa: BLE001 - numba cannot compile or cache here: the numpy path below is exact too
-                _kernels.AVAILABLE = False
-        if out is not None:
-            theta[start:stop] = np.exp(out[:, 0])
-            rss[start:stop] = out[:, 1]
-            coefficients[start:stop] = out[:, 2 : 2 + k]
-            status_c = np.zeros(len(yc), dtype=np.uint8)
-            status_c[out[:, 6] > 0] |= STATUS_AT_BOUND
-            status_c[(out[:, 5] == 0) & (out[:, 6] == 0)] |= STATUS_NOT_CONVERGED
-            status_c[out[:, 4] > 0] |= STATUS_DEGENERATE
-            status[start:stop] = status_c
-            if polarity_restore:
-                chosen_cut = out[:, 7].astype(np.int64)
-                signs_out[start:stop] = np.where(np.arange(n_pts)[None, :] < chosen_cut[:, None], -1, 1)
-                restored_out[start:stop] = chosen_cut
-            report(progress, stop / n_vox, f"{stop}/{n_vox} voxels")
-            continue
         grid_results = [_grid_search(yc * signs, yy, q32, q_by_grid, step, log_lo) for signs in candidates]
         choice = np.zeros(len(yc), dtype=np.intp)
         ambiguous = np.zeros(len(yc), dtype=bool)
@@ -285,25 +246,6 @@ def fit_separable(
     return SeparableFit(theta, coefficients, rss, status, signs_out, restored_out)
 
 
-def _grid_argmax(ys: np.ndarray, q32: np.ndarray, n_grid: int, k: int) -> np.ndarray:
-    """Fractional grid index of the best score per voxel: argmax of a float32 matmul plus the vertex of the
-    parabola through its neighbours (a starting point only: the exact refinement follows)."""
-    products = ys.astype(np.float32) @ q32
-    np.square(products, out=products)
-    scores = products[:, :n_grid]
-    for block in range(1, k):
-        scores += products[:, block * n_grid : (block + 1) * n_grid]
-    best = np.argmax(scores, axis=1)
-    mid = np.clip(best, 1, n_grid - 2)
-    rows = np.arange(len(ys))
-    s_minus, s_zero, s_plus = scores[rows, mid - 1], scores[rows, mid], scores[rows, mid + 1]
-    curvature = s_minus - 2.0 * s_zero + s_plus
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(curvature < 0, 0.5 * (s_minus - s_plus) / curvature, 0.0)
-    delta = np.clip(np.nan_to_num(delta), -0.5, 0.5)
-    return np.where(mid == best, best + delta, best.astype(np.float64))
-
-
 def _grid_search(
     ys: np.ndarray, yy: np.ndarray, q32: np.ndarray, q_by_grid: np.ndarray, step: float, log_lo: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,3 +275,150 @@ def _grid_search(
     u = log_lo + step * (g_mid + delta)
     u = np.where(at_edge, log_lo + step * g_best, u)
     return u, np.maximum(yy - np.where(at_edge, scores[np.arange(len(ys)), g_best], peak), 0.0), at_edge
+
+
+@dataclass
+class VoxelFit:
+    """Per-voxel result of ``fit_voxels`` (first dimension: the fitted voxels, in ``index`` order)."""
+
+    theta: np.ndarray  # (V,) 0 where the input is invalid
+    coefficients: np.ndarray  # (V, K)
+    rss: np.ndarray
+    status: np.ndarray  # uint8 bits
+    r2: np.ndarray  # coefficient of determination of the fitted (magnitude or signed) samples
+    rmse: np.ndarray  # sqrt(RSS / N)
+    peak: np.ndarray  # max |sample|
+    model_min: Optional[np.ndarray] = None  # polarity restoration: min |model| over the samples
+    n_restored: Optional[np.ndarray] = None  # polarity restoration: number of negated leading samples
+
+
+def _grid_basis(basis: Basis, lower: float, upper: float, grid_size: int) -> np.ndarray:
+    """(N, K*G) orthonormalised grid basis, k-major (the projections of one column are contiguous)."""
+    phi_grid = basis(log_grid(lower, upper, grid_size))
+    q_by_grid = _orthonormal_grid(phi_grid)  # (G, N, K)
+    n_grid, n_pts, k = q_by_grid.shape
+    return np.ascontiguousarray(q_by_grid.transpose(1, 2, 0).reshape(n_pts, k * n_grid))
+
+
+def fit_voxels(
+    data: np.ndarray,
+    order: np.ndarray,
+    index: np.ndarray,
+    times: np.ndarray,
+    kind: int,
+    basis: Basis,
+    lower: float,
+    upper: float,
+    tr: Optional[np.ndarray] = None,
+    grid_size: int = 64,
+    absolute: bool = False,
+    polarity_restore: bool = False,
+    chunk_voxels: int = 4 * DEFAULT_CHUNK_VOXELS,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> VoxelFit:
+    """Fit the voxels ``index`` of ``data`` (N, P): sample i of a voxel is image ``order[i]``, at ``times[i]``.
+
+    ``kind`` names ``basis`` for the compiled kernel (``_kernels.KIND_*``); ``absolute`` fits |data|;
+    ``polarity_restore`` is RD-NLS-PR for magnitude IR. Inputs that are non-finite or all zero get
+    ``STATUS_INVALID_INPUT`` and zeros. Chunks of ``chunk_voxels`` bound the memory and carry progress/cancel.
+    """
+    from MedSegLib.qmri import _kernels
+
+    direct = data.dtype == np.float64 and data.flags.c_contiguous  # else: a float64 copy of each chunk's voxels
+    n_vox = len(index)
+    k = basis(np.array([1.0])).shape[-1]
+    theta = np.zeros(n_vox)
+    coefficients = np.zeros((n_vox, k))
+    rss = np.zeros(n_vox)
+    status = np.zeros(n_vox, dtype=np.uint8)
+    r2 = np.zeros(n_vox)
+    rmse = np.zeros(n_vox)
+    peak = np.zeros(n_vox)
+    model_min = np.zeros(n_vox) if polarity_restore else None
+    restored = np.zeros(n_vox, dtype=np.int16) if polarity_restore else None
+    q = _grid_basis(basis, lower, upper, grid_size)
+    log_lo, log_hi = float(np.log(lower)), float(np.log(upper))
+    for start in range(0, n_vox, chunk_voxels):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        part = slice(start, min(start + chunk_voxels, n_vox))
+        if _kernels.AVAILABLE:
+            if direct:
+                source, columns = data, index[part]
+            else:
+                source, columns = _chunk_float64(data, index[part])
+            out = _kernels.fit_voxels(
+                source, order, columns, q, times, tr, kind, absolute, polarity_restore, log_lo, log_hi
+            )
+            invalid = out[:, _kernels.OUT_STATUS] == STATUS_INVALID_INPUT
+            theta[part] = np.where(invalid, 0.0, np.exp(out[:, _kernels.OUT_U]))
+            coefficients[part] = out[:, _kernels.OUT_C1 : _kernels.OUT_C1 + k]
+            rss[part] = out[:, _kernels.OUT_RSS]
+            status[part] = out[:, _kernels.OUT_STATUS].astype(np.uint8)
+            r2[part] = out[:, _kernels.OUT_R2]
+            rmse[part] = out[:, _kernels.OUT_RMSE]
+            peak[part] = out[:, _kernels.OUT_YMAX]
+            if polarity_restore:
+                model_min[part] = out[:, _kernels.OUT_MODEL_MIN]
+                restored[part] = out[:, _kernels.OUT_CUT].astype(np.int16)
+        else:
+            _fit_voxels_numpy(
+                data, order, index[part], part, times, basis, lower, upper, grid_size, absolute, polarity_restore,
+                (theta, coefficients, rss, status, r2, rmse, peak, model_min, restored),
+            )  # fmt: skip
+        report(progress, part.stop / max(n_vox, 1), f"{part.stop}/{n_vox} voxels")
+    return VoxelFit(theta, coefficients, rss, status, r2, rmse, peak, model_min, restored)
+
+
+def _chunk_float64(data: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, len(columns)) float64 copy of those voxels (a slice when they are consecutive), and its own index."""
+    if len(columns) and columns[-1] - columns[0] == len(columns) - 1:
+        block = data[:, columns[0] : columns[-1] + 1]
+    else:
+        block = data[:, columns]
+    return np.ascontiguousarray(block, dtype=np.float64), np.arange(len(columns))
+
+
+def _fit_voxels_numpy(
+    data: np.ndarray,
+    order: np.ndarray,
+    index: np.ndarray,
+    part: slice,
+    times: np.ndarray,
+    basis: Basis,
+    lower: float,
+    upper: float,
+    grid_size: int,
+    absolute: bool,
+    polarity_restore: bool,
+    outputs: tuple,
+) -> None:
+    theta, coefficients, rss, status, r2, rmse, peak, model_min, restored = outputs
+    y = data[order][:, index].T.astype(np.float64)
+    if absolute:
+        y = np.abs(y)
+    energy = np.einsum("vn,vn->v", y, y)
+    peak_c = np.abs(y).max(axis=1)
+    invalid = ~np.isfinite(energy) | (peak_c == 0)
+    y[invalid] = 0.0
+    fit = fit_separable(y, basis, lower, upper, grid_size=grid_size, polarity_restore=polarity_restore)
+    fit.status[invalid] = STATUS_INVALID_INPUT
+    fit.theta[invalid] = 0.0
+    fit.coefficients[invalid] = 0.0
+    fit.rss[invalid] = 0.0
+    total = y.sum(axis=1)
+    ss_tot = energy - total * total / y.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2_c = np.where(ss_tot > 0, 1.0 - fit.rss / ss_tot, 0.0)
+    theta[part] = fit.theta
+    coefficients[part] = fit.coefficients
+    rss[part] = fit.rss
+    status[part] = fit.status
+    r2[part] = np.where(invalid, 0.0, r2_c)
+    rmse[part] = np.sqrt(fit.rss / y.shape[1])
+    peak[part] = np.where(invalid, 0.0, peak_c)
+    if polarity_restore:
+        model = np.einsum("vnk,vk->vn", basis(np.maximum(fit.theta, 1e-3)), fit.coefficients)
+        model_min[part] = np.where(invalid, 0.0, np.abs(model).min(axis=1))
+        restored[part] = np.where(invalid, 0, fit.n_restored)

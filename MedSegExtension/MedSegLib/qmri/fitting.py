@@ -84,10 +84,11 @@ def auto_mask(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _resolve_mask(mask: Any, data: np.ndarray, reference: str) -> np.ndarray:
+def _resolve_mask(mask: Any, data: np.ndarray, reference: str, first: int = 0) -> np.ndarray:
+    """``mask`` as a boolean array; "auto" is Otsu on the brightest sample ("max") or on image ``first``."""
     spatial = data.shape[1:]
     if mask is None or (isinstance(mask, str) and mask == "auto"):
-        image = np.abs(data).max(axis=0) if reference == "max" else np.abs(data[0])
+        image = np.abs(data).max(axis=0) if reference == "max" else np.abs(data[first])
         return auto_mask(image)
     if isinstance(mask, str) and mask == "none":
         return np.ones(spatial, dtype=bool)
@@ -101,9 +102,8 @@ def _resolve_mask(mask: Any, data: np.ndarray, reference: str) -> np.ndarray:
 # shared driver
 
 
-def _prepare(data: Any, times: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data sorted by ``times``, sorted times, sort order); checks the counts agree."""
-    data = np.asarray(data)
+def _sorted_times(data: np.ndarray, times: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted times, sort order of the images); checks the counts agree."""
     times = np.asarray(times, dtype=np.float64).reshape(-1)
     if data.shape[0] != times.size:
         raise ValueError(f"{data.shape[0]} images but {times.size} {what} values")
@@ -112,7 +112,14 @@ def _prepare(data: Any, times: Sequence[float], what: str) -> tuple[np.ndarray, 
     if not np.all(np.isfinite(times)):
         raise ValueError(f"{what} values must be finite numbers: {times.tolist()}")
     order = np.argsort(times, kind="stable")
-    return data[order], times[order], order
+    return times[order], order
+
+
+def _prepare(data: Any, times: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data sorted by ``times``, sorted times, sort order); checks the counts agree."""
+    data = np.asarray(data)
+    times, order = _sorted_times(data, times, what)
+    return data[order], times, order
 
 
 def _voxels(data: np.ndarray, mask: np.ndarray, absolute: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,41 +159,53 @@ def _assemble(
     size = int(np.prod(spatial))
     maps: Dict[str, np.ndarray] = {}
     for name, vector in values.items():
-        full = np.zeros(size, dtype=np.float32)
-        full[index] = np.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
-        maps[name] = full.reshape(spatial)
+        if len(index) == size:  # every voxel fitted (mask "none"): no scatter
+            full = np.asarray(vector, dtype=np.float32).copy()
+        else:
+            full = np.zeros(size, dtype=np.float32)
+            full[index] = vector
+        maps[name] = np.nan_to_num(full, copy=False, nan=0.0, posinf=0.0, neginf=0.0).reshape(spatial)
     full_status = np.full(size, STATUS_MASKED, dtype=np.uint8)
     full_status[index] = status
     maps["status"] = full_status.reshape(spatial)
     return maps
 
 
-def _separable(
-    y: np.ndarray,
-    invalid: np.ndarray,
+def _fit_stack(
+    data: np.ndarray,
+    order: np.ndarray,
+    times: np.ndarray,
+    spatial_mask: np.ndarray,
+    kind: int,
     basis: Callable[[np.ndarray], np.ndarray],
     bounds: tuple[float, float],
-    polarity: bool,
     grid_size: int,
+    absolute: bool,
+    polarity: bool,
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
-    kernel: Optional[tuple] = None,
-) -> engine.SeparableFit:
-    fit = engine.fit_separable(
-        y,
+    tr: Optional[np.ndarray] = None,
+) -> tuple[engine.VoxelFit, np.ndarray]:
+    """Separable fit of the masked voxels of the unsorted stack ``data`` (N, ...); returns (fit, flat indices)."""
+    flat = data.reshape(data.shape[0], -1)
+    index = np.flatnonzero(spatial_mask.reshape(-1))
+    fit = engine.fit_voxels(
+        flat,
+        order,
+        index,
+        times,
+        kind,
         basis,
         bounds[0],
         bounds[1],
+        tr=tr,
         grid_size=grid_size,
+        absolute=absolute,
         polarity_restore=polarity,
         progress=progress,
         cancel=cancel,
-        kernel=kernel,
     )
-    fit.status[invalid] = STATUS_INVALID_INPUT
-    fit.theta[invalid] = 0.0
-    fit.coefficients[invalid] = 0.0
-    return fit
+    return fit, index
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,27 +231,32 @@ def fit_t1_ir(
     data: any negative value means signed images. Maps: T1, M0, efficiency
     (``-b/a``: 2 is a perfect inversion), R2, RMSE, status, restored (number of negated leading images).
     """
-    data, ti, order = _prepare(data, ti_ms, "inversion time")
+    data = np.asarray(data)
+    ti, order = _sorted_times(data, ti_ms, "inversion time")
     if magnitude is None:
         magnitude = not bool(np.nanmin(data) < 0)
     tr = None
     if tr_ms is not None:
-        tr_values = np.broadcast_to(np.asarray(tr_ms, dtype=np.float64), (len(ti_ms),))[order]
+        tr_values = np.broadcast_to(np.asarray(tr_ms, dtype=np.float64), (len(ti),))[order]
         if np.ptp(tr_values) > 1e-6 * max(abs(tr_values.max()), 1.0):
             tr = tr_values  # per-image TR: carry the term; a shared TR only scales M0
     spatial_mask = _resolve_mask(mask, data, "max")
-    y, index, invalid = _voxels(data, spatial_mask, absolute=magnitude)
-    fit = _separable(
-        y,
-        invalid,
+    fit, index = _fit_stack(
+        data,
+        order,
+        ti,
+        spatial_mask,
+        _kernels.KIND_IR if tr is None else _kernels.KIND_IR_TR,
         lambda t1: models.ir_basis(t1, ti, tr),
         t1_range_ms,
-        magnitude,
         grid_size,
+        magnitude,
+        magnitude,
         progress,
         cancel,
-        kernel=(_kernels.KIND_IR if tr is None else _kernels.KIND_IR_TR, ti, tr),
+        tr=tr,
     )
+    invalid = fit.status == STATUS_INVALID_INPUT
     m0 = fit.coefficients[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         efficiency = np.where(m0 != 0, -fit.coefficients[:, 1] / m0, 0.0)
@@ -240,13 +264,8 @@ def fit_t1_ir(
     out_of_range = ~invalid & ((m0 <= 0) | (efficiency < 0.2) | (efficiency > 2.3))
     status[out_of_range] |= STATUS_OUT_OF_RANGE
     if magnitude:
-        model_at_min = np.abs(
-            np.einsum("vnk,vk->vn", models.ir_basis(np.maximum(fit.theta, 1e-3), ti, tr), fit.coefficients)
-        ).min(axis=1)
-        ambiguous = ~invalid & (model_at_min < 0.02 * np.abs(y).max(axis=1))
-        status[ambiguous] |= STATUS_POLARITY_AMBIGUOUS
-    r2, rmse = _goodness(np.abs(y) if magnitude else y, fit.rss)
-    values = {"T1": fit.theta, "M0": m0, "efficiency": efficiency, "R2": r2, "RMSE": rmse}
+        status[~invalid & (fit.model_min < 0.02 * fit.peak)] |= STATUS_POLARITY_AMBIGUOUS
+    values = {"T1": fit.theta, "M0": m0, "efficiency": efficiency, "R2": fit.r2, "RMSE": fit.rmse}
     if fit.n_restored is not None:
         values["restored"] = fit.n_restored.astype(np.float64)
     maps = _assemble(data.shape[1:], index, spatial_mask, values, status)
@@ -271,22 +290,26 @@ def fit_t1_molli(
     ``time_offset_ms`` from the true inversion delay, B is corrected by ``e^(offset/T1*)`` first. Maps: T1,
     T1star, M0 (= A), B, R2, RMSE, status.
     """
-    data, ti, _ = _prepare(data, ti_ms, "inversion time")
+    data = np.asarray(data)
+    ti, order = _sorted_times(data, ti_ms, "inversion time")
     if magnitude is None:
         magnitude = not bool(np.nanmin(data) < 0)
     spatial_mask = _resolve_mask(mask, data, "max")
-    y, index, invalid = _voxels(data, spatial_mask, absolute=magnitude)
-    fit = _separable(
-        y,
-        invalid,
+    fit, index = _fit_stack(
+        data,
+        order,
+        ti,
+        spatial_mask,
+        _kernels.KIND_IR,
         lambda t: models.ir_basis(t, ti),
         t1_range_ms,
-        magnitude,
         grid_size,
+        magnitude,
+        magnitude,
         progress,
         cancel,
-        kernel=(_kernels.KIND_IR, ti, None),
     )
+    invalid = fit.status == STATUS_INVALID_INPUT
     a = fit.coefficients[:, 0]
     t1_star = fit.theta
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -294,12 +317,11 @@ def fit_t1_molli(
         t1 = np.where(a != 0, t1_star * (b / a - 1.0), 0.0)
     status = fit.status
     status[~invalid & ((a <= 0) | (b <= a) | ~np.isfinite(t1))] |= STATUS_OUT_OF_RANGE
-    r2, rmse = _goodness(np.abs(y) if magnitude else y, fit.rss)
     maps = _assemble(
         data.shape[1:],
         index,
         spatial_mask,
-        {"T1": t1, "T1star": t1_star, "M0": a, "B": b, "R2": r2, "RMSE": rmse},
+        {"T1": t1, "T1star": t1_star, "M0": a, "B": b, "R2": fit.r2, "RMSE": fit.rmse},
         status,
     )
     return QMRIResult(maps, "T1", {"model": "molli", "TI_ms": ti.tolist(), "time_offset_ms": time_offset_ms})
@@ -399,15 +421,35 @@ def _exp_decay_fit(
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
 ) -> tuple[Dict[str, np.ndarray], tuple, np.ndarray, np.ndarray, np.ndarray, Dict[str, Any]]:
-    data, te, _ = _prepare(data, te_ms, "echo time")
-    spatial_mask = _resolve_mask(mask, data, "first")
+    data = np.asarray(data)
+    te, order = _sorted_times(data, te_ms, "echo time")
+    spatial_mask = _resolve_mask(mask, data, "first", first=int(order[0]))
     if drop_first_echo:
         if len(te) < 3:
             raise ValueError("dropping the first echo needs at least three echoes")
-        data, te = data[1:], te[1:]
-    y, index, invalid = _voxels(data, spatial_mask, absolute=True)
-    status = np.zeros(len(y), dtype=np.uint8)
-    if method == "loglinear":
+        order, te = order[1:], te[1:]
+    if method in ("mono", "nonlinear"):
+        fit, index = _fit_stack(
+            data,
+            order,
+            te,
+            spatial_mask,
+            _kernels.KIND_EXP_OFFSET if offset else _kernels.KIND_EXP,
+            lambda t: models.exp_basis(t, te, offset),
+            bounds,
+            grid_size,
+            True,
+            False,
+            progress,
+            cancel,
+        )
+        invalid = fit.status == STATUS_INVALID_INPUT
+        value, m0, status = fit.theta, fit.coefficients[:, 0], fit.status
+        r2, rmse = fit.r2, fit.rmse
+        offset_values = fit.coefficients[:, 1] if offset else None
+    elif method == "loglinear":
+        y, index, invalid = _voxels(data[order], spatial_mask, absolute=True)
+        status = np.zeros(len(y), dtype=np.uint8)
         # ln S = ln M0 - TE/T, weighted by S^2 (var(ln S) ~ sigma^2 / S^2); needs S > 0
         positive = np.all(y > 0, axis=1)
         logs = np.log(np.where(y > 0, y, 1.0))
@@ -426,25 +468,11 @@ def _exp_decay_fit(
         status[~positive | ~(det > 0)] |= STATUS_DEGENERATE
         status[~(value > 0) | ~np.isfinite(value)] |= STATUS_OUT_OF_RANGE
         value = np.where(np.isfinite(value), value, 0.0)
-    elif method in ("mono", "nonlinear"):
-        fit = _separable(
-            y,
-            invalid,
-            lambda t: models.exp_basis(t, te, offset),
-            bounds,
-            False,
-            grid_size,
-            progress,
-            cancel,
-            kernel=(_kernels.KIND_EXP_OFFSET if offset else _kernels.KIND_EXP, te, None),
-        )
-        value, m0, rss, status = fit.theta, fit.coefficients[:, 0], fit.rss, fit.status
-        offset_values = fit.coefficients[:, 1] if offset else None
+        r2, rmse = _goodness(y, rss)
     else:
         raise ValueError(f"unknown {name} method {method!r} (mono, loglinear)")
     status[~invalid & ~(m0 > 0)] |= STATUS_OUT_OF_RANGE
     status[invalid] = STATUS_INVALID_INPUT
-    r2, rmse = _goodness(y, rss)
     values = {name: value, "M0": m0, "R2": r2, "RMSE": rmse}
     if offset_values is not None:
         values["offset"] = offset_values

@@ -161,6 +161,7 @@ def fit_sequence_node(
     mask: Any = None,
     options: Optional[Dict[str, Any]] = None,
     output_nodes: Optional[Dict[str, Any]] = None,
+    b1: Any = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> tuple[fitting.QMRIResult, Dict[str, Any]]:
@@ -168,15 +169,23 @@ def fit_sequence_node(
 
     ``mask``: None (Otsu), a boolean array, or ``(segmentation node, segment id)``. ``output_nodes`` maps map
     names to existing volume nodes that are overwritten (the panel's selectors); the others are created.
+    ``b1`` (VFA, EPG): None, a number, or a scalar volume node on the sequence's grid (see ``b1_factor``).
     """
     acquisition = acquisition_from_sequence(sequence)
     array_mask = _segment_mask(mask, sequence.GetNthDataNode(0)) if mask is not None else "auto"
+    b1_value = b1
+    if b1 is not None and hasattr(b1, "GetImageData"):
+        from MedSegLib.volume_nodes import array_and_ijk_to_ras
+
+        array, _ = array_and_ijk_to_ras(b1, copy=True)
+        b1_value = b1_factor(array, acquisition.array.shape[1:], b1.GetName())
     result = fit_acquisition(
         acquisition,
         model,
         acquisition_values,
         repetition_time_ms,
         array_mask,
+        b1=b1_value,
         options=options,
         progress=progress,
         cancel=cancel,
@@ -185,6 +194,17 @@ def fit_sequence_node(
         result, acquisition.ijk_to_ras, sequence.GetScene(), f"{sequence.GetName()} ", output_nodes
     )
     return result, nodes
+
+
+def b1_factor(array: Any, shape: tuple, name: str = "B1 map") -> np.ndarray:
+    """A B1 map as the factor actual/nominal flip angle on the fit grid; percent maps (100 = nominal) are scaled."""
+    b1 = np.asarray(array, dtype=np.float64)
+    if b1.shape != tuple(shape):
+        raise UserInputError(f"'{name}' has shape {b1.shape}, the images {tuple(shape)}: resample it onto their grid")
+    positive = b1[np.isfinite(b1) & (b1 > 0)]
+    if positive.size == 0:
+        raise UserInputError(f"'{name}' has no positive values")
+    return b1 / 100.0 if np.median(positive) > 10 else b1
 
 
 def segment_statistics_table(
