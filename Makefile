@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.medseg-setup-stamp
-APT_PACKAGES := dcm2niix orthanc orthanc-dicomweb dicom3tools chromium
+APT_PACKAGES := dcm2niix orthanc orthanc-dicomweb dicom3tools chromium chromium-driver
 
 .PHONY: setup demo test lint bench clean system-packages
 

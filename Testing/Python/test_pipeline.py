@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_fixture import MEDSEG_AET, ORTHANC_AET, PASSWORD, USER, orthanc  # noqa: F401
+
 PIPELINE = """\
 version: 1
 name: test-ct
@@ -288,6 +290,9 @@ def test_process_pool_two_workers_matches_in_process_and_survives_a_crash(tmp_pa
     assert not (tmp_path / "pool" / "cases" / "phantomB").exists()
     assert not (tmp_path / "pool" / ".staging").exists()
     assert cases["phantomA"].get("worker_pid")
+    worker = cases["phantomA"]["worker"]  # warmed once by the pool initializer; no DL step, so no torch import
+    assert worker["pid"] == cases["phantomA"]["worker_pid"] and worker["boot_s"] > 0 and worker["case_number"] >= 1
+    assert worker["torch_loaded"] is False
     _assert_same_results(local_run["out"], tmp_path / "pool", {"phantomA": "complete"})
 
 
@@ -369,3 +374,139 @@ def test_deep_segment_step_records_the_model_checksum(tmp_path, inputs, runtime)
     assert model["name"] == "tiny" and model["weights_sha256"] == sha256_of(package_dir / "model.pt")
     assert "segmentations/dl.seg.nrrd" in outputs and "images/overlay_dl.png" in outputs
     assert set(manifest["measurements"]["Volume cm3"]) == {"dl: A", "dl: B"}
+
+
+# ------------------------------------------------------------------------------- quantitative maps
+
+
+def test_mr_relaxometry_pipeline_exports_parametric_maps(tmp_path, runtime):
+    """The shipped MR pipeline on the MR phantom: T1 and T2 maps become DICOM Parametric Maps that read back
+    (pydicom raw floats and highdicom's real-world value mapping) to the fitted values, in ms."""
+    import numpy as np
+    import pydicom
+
+    from MedSegLib.export.pmap import PM_SOP_CLASS, read_parametric_map
+    from MedSegLib.node_io import load_volume
+    from MedSegLib.pipeline import RunOptions, load_pipeline, resolve_cases, run_pipeline
+    from MedSegLib.resources import resource_path
+    from MedSegLib.sample_data import write_mr_ir_series, write_mr_se_series
+    from MedSegLib.volume_nodes import array_and_ijk_to_ras
+
+    study = tmp_path / "mr-study"
+    grid = {"shape": (2, 48, 48), "spacing_mm": (4.0, 5.0, 5.0)}
+    ir = write_mr_ir_series(study / "ir", **grid, ti_ms=[50, 150, 400, 1000, 3000])
+    se = write_mr_se_series(study / "se", **grid, te_ms=[10, 30, 60, 120, 240])
+    spec = load_pipeline(resource_path("Pipelines", "mr-relaxometry.yaml"))
+    assert [s.type for s in spec.steps][-1] == "export_pmap"
+    cases = resolve_cases(spec.inputs, [str(study)])
+    summary = run_pipeline(spec, cases, tmp_path / "out", RunOptions(workers=0, quiet=True))
+    assert summary["counts"]["complete"] == 1, summary["cases"]
+    manifest, outputs = _case_outputs(tmp_path / "out", "mr-study")
+    assert {"dicom/PM_T1-IR_T1.dcm", "dicom/PM_T2-SE_T2.dcm"} <= set(outputs)
+    source_uids = [
+        str(pydicom.dcmread(next(p for p in sorted(folder.iterdir()) if p.is_file())).SeriesInstanceUID)
+        for folder in (ir, se)
+    ]
+    case = tmp_path / "out" / "cases" / "mr-study"
+    fits = (("T1-IR", "T1", "113063"), ("T2-SE", "T2", "113065"))
+    for (fit_id, quantity, code), source_uid in zip(fits, source_uids):
+        path = case / "dicom" / f"PM_{fit_id}_{quantity}.dcm"
+        fitted_node = load_volume(case / "qmri" / fit_id / f"{quantity}.nrrd")
+        fitted, fitted_ijk_to_ras = array_and_ijk_to_ras(fitted_node, copy=True)
+
+        ds = pydicom.dcmread(path)
+        assert ds.SOPClassUID == PM_SOP_CLASS and "FloatPixelData" in ds
+        assert int(ds.NumberOfFrames) == fitted.shape[0] and (ds.Rows, ds.Columns) == fitted.shape[1:]
+        mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        unit = mapping.MeasurementUnitsCodeSequence[0]
+        assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("ms", "UCUM")
+        assert str(mapping.LUTLabel) == quantity
+        assert float(mapping.RealWorldValueSlope) == 1.0 and float(mapping.RealWorldValueIntercept) == 0.0
+        assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == code
+        # stored floats through the mapping are exactly the fitted values (as a multiset: frames in any order)
+        raw = np.frombuffer(ds.FloatPixelData, dtype=np.float32)
+        real_world = raw * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
+        assert np.array_equal(np.sort(real_world), np.sort(fitted.astype(np.float32).ravel()), equal_nan=True)
+        # and with geometry, read by highdicom (real-world value transform applied)
+        data = read_parametric_map(path)
+        assert data.quantity == quantity and data.unit == "ms"
+        assert data.referenced_series_uid == source_uid
+        assert np.allclose(data.ijk_to_ras, fitted_ijk_to_ras, atol=1e-4)
+        assert np.array_equal(data.values, fitted.astype(np.float32), equal_nan=True)
+        finite = data.values[np.isfinite(data.values) & (data.values > 0)]
+        assert finite.size and 1.0 <= float(np.median(finite)) <= 5000.0  # milliseconds, not seconds
+    # the per-region medians in the manifest come from the same maps the Parametric Maps carry
+    t1_regions = manifest["measurements"]["T1 median (ms)"]
+    assert len(t1_regions) >= 2 and all(20.0 < v < 5000.0 for v in t1_regions.values())
+    assert [s["status"] for s in manifest["steps"]] == ["ok", "ok", "ok"]
+
+
+# --------------------------------------------------------------------------------------------- PACS
+
+
+@pytest.mark.parametrize("protocol", ["dimse", "dicomweb"])
+def test_pacs_query_input_and_seg_sent_back(protocol, orthanc, tmp_path, runtime):  # noqa: F811
+    """Cases from a PACS query (C-FIND + C-GET, or QIDO-RS + WADO-RS), the DICOM SEG sent back (C-STORE or
+    STOW-RS) and found on the server by C-FIND, QIDO-RS and its SOP Instance UID; a re-run skips the case."""
+    import pydicom
+
+    from MedSegLib.cli.main import main
+    from MedSegLib.pacs import PacsNode, dicomweb, dimse
+    from MedSegLib.pacs.nodes import save_nodes
+
+    patient = f"PIPE-{protocol.upper()}"
+    folder = _phantom(tmp_path / "ct", seed=40 if protocol == "dimse" else 41)
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for path in files:  # an own patient, so the query finds this study only
+        ds = pydicom.dcmread(path)
+        ds.PatientID = patient
+        ds.save_as(path)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study, ct_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    dimse_node = PacsNode(
+        name="archive",
+        ae_title=ORTHANC_AET,
+        port=orthanc.dicom_port,
+        calling_aet=MEDSEG_AET,
+        storage_port=orthanc.medseg_port,
+        timeout_s=10.0,
+    )
+    web_node = PacsNode(name="archive", web_url=orthanc.web_url, username=USER, password=PASSWORD, timeout_s=10.0)
+    assert dimse.store(dimse_node, [str(p) for p in files]).sent == len(files)
+    save_nodes({"archive": dimse_node if protocol == "dimse" else web_node}, tmp_path / "pacs.json", MEDSEG_AET)
+    pipeline = tmp_path / "to-pacs.yaml"
+    pipeline.write_text(
+        "version: 1\nname: to-pacs\ninputs:\n  pacs:\n    node: archive\n    settings: pacs.json\n"
+        f"    query: {{PatientID: {patient}, Modality: CT}}\n"
+        "steps:\n  - load: {}\n  - segment:\n      name: dense\n      method: threshold\n"
+        "      parameters: {lower: 150, segment_name: Dense}\n  - export_seg: {}\n"
+        "  - send: {node: archive, settings: pacs.json}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(pipeline), "-o", str(out), "--workers", "0", "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["status"] for c in summary["cases"]] == ["complete"]
+    case_id = summary["cases"][0]["id"]
+    manifest, outputs = _case_outputs(out, case_id)
+    (item,) = manifest["input"]["items"]
+    assert item["kind"] == "pacs" and item["study_uid"] == study
+    assert item["series"] == [{"uid": ct_series, "modality": "CT", "instances": str(len(files))}]
+    assert manifest["provenance"]["input_series_uids"] == [ct_series]
+    protocol_name = "C-STORE" if protocol == "dimse" else "STOW-RS"
+    assert manifest["provenance"]["sent"] == [{"node": "archive", "protocol": protocol_name, "objects": 1}]
+    seg = pydicom.dcmread(out / "cases" / case_id / "dicom" / "SEG_dense.dcm", stop_before_pixels=True)
+    assert seg.Modality == "SEG" and str(seg.StudyInstanceUID) == study
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == ct_series
+
+    on_server = {s["SeriesInstanceUID"]: s for s in dimse.find(dimse_node, "series", {"study_uid": study})}
+    assert on_server[str(seg.SeriesInstanceUID)]["Modality"] == "SEG"
+    assert on_server[str(seg.SeriesInstanceUID)]["NumberOfSeriesRelatedInstances"] == "1"
+    qido = dicomweb.search(web_node, "series", {"study_uid": study, "modality": "SEG"})
+    assert [s["SeriesInstanceUID"] for s in qido] == [str(seg.SeriesInstanceUID)]
+    found = orthanc.rest("/tools/lookup", method="POST", data=str(seg.SOPInstanceUID).encode())
+    assert [entry["Type"] for entry in found] == ["Instance"]
+
+    # the study now holds the SEG too, but its image series did not change: the case is complete, skipped
+    assert main(["run", str(pipeline), "-o", str(out), "--workers", "0", "-q"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert [c["status"] for c in again["cases"]] == ["skipped"]

@@ -9,8 +9,8 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 import threading
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from html.parser import HTMLParser
@@ -192,21 +192,30 @@ class _ConnectionRecorder:
         self.server.close()
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("Chromium not installed (Debian package 'chromium'; `make system-packages`)")
+def _browser_binaries():
+    """(chromium, chromedriver) from Debian's packages, or a skip naming the missing one."""
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if os.path.exists(p)), None)
+    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if path is None]
+    if missing:
+        pytest.skip(f"headless browser check needs the Debian package(s) {', '.join(missing)} (`make system-packages`)")
+    return chromium, driver
 
 
-# Chromium's own background services (updates, network time, sign-in) that headless still contacts; any
-# other request comes from the page.
-_BROWSER_SERVICE_HOSTS = ("update.googleapis.com", "accounts.google.com", "clients2.google.com", "gvt1.com")
-_QUIET_FLAGS = [
+# Chromium's own background services (updates, network time, sign-in, a preconnect to Debian's default search
+# engine at start-up) that headless may still contact; any other request comes from the page.
+_BROWSER_SERVICE_HOSTS = (
+    "update.googleapis.com",
+    "accounts.google.com",
+    "clients2.google.com",
+    "gvt1.com",
+    "duckduckgo.com",
+)
+_CLOSED_NETWORK_FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
@@ -217,7 +226,7 @@ _QUIET_FLAGS = [
     "--disable-domain-reliability",
     "--no-pings",
     "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
-    "--window-size=1280,2000",
+    "--window-size=1280,1600",
 ]
 
 
@@ -231,41 +240,160 @@ def _page_requests(requests):
     return [r for r in sent if not any(host(r).endswith(h) for h in _BROWSER_SERVICE_HOSTS)]
 
 
-def _run_chromium(browser: str, profile: Path, mode: list, uri: str):
-    """Run headless Chromium through a recording proxy; returns (completed process, page requests)."""
+@pytest.fixture()
+def browser(tmp_path, monkeypatch):
+    """Headless Chromium driven by Selenium through Debian's chromedriver, every request sent to a recorder.
+
+    Selenium Manager must never run (it would try to download a driver): the driver path is given explicitly
+    and SE_OFFLINE is set, so a missing driver fails here instead of reaching for the network.
+    """
+    chromium, driver_path = _browser_binaries()
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     recorder = _ConnectionRecorder()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in _CLOSED_NETWORK_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument(f"--proxy-server=http://127.0.0.1:{recorder.port}")
+    options.add_argument("--proxy-bypass-list=<-loopback>")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.add_experimental_option("prefs", {"net.network_prediction_options": 2})  # no predicted preconnects
+    service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    driver.recorder = recorder
     try:
-        command = [browser, *_QUIET_FLAGS, f"--user-data-dir={profile}"]
-        command += [f"--proxy-server=http://127.0.0.1:{recorder.port}", "--proxy-bypass-list=<-loopback>"]
-        completed = subprocess.run(command + mode + [uri], capture_output=True, text=True, timeout=90)
+        yield driver
     finally:
+        driver.quit()
         recorder.close()
-    return completed, _page_requests(recorder.requests)
 
 
-def test_report_renders_in_headless_chromium_without_network(run_folder, tmp_path):
+_PAGE_FACTS = """
+const images = Array.from(document.images).map((img) => ({
+    complete: img.complete, width: img.naturalWidth, height: img.naturalHeight, alt: img.alt || "",
+    scheme: (img.currentSrc || img.src).split(":")[0]}));
+const tables = Array.from(document.querySelectorAll("table")).map((table) => {
+    let heading = table.previousElementSibling;
+    while (heading && !/^H[1-4]$/.test(heading.tagName)) heading = heading.previousElementSibling;
+    const section = table.closest("section");
+    return {id: table.id, section: section ? section.id : "", heading: heading ? heading.textContent.trim() : "",
+            rows: table.tBodies.length ? table.tBodies[0].rows.length : 0};
+});
+return {ready: document.readyState, title: document.title, images: images, tables: tables,
+        height: document.documentElement.scrollHeight};
+"""
+
+
+def _open(driver, uri: str) -> dict:
+    """Load ``uri``, wait until every image settled, return the page facts and the SEVERE console entries."""
+    driver.get(uri)
+    deadline = time.monotonic() + 30
+    facts = driver.execute_script(_PAGE_FACTS)
+    while (facts["ready"] != "complete" or not all(i["complete"] for i in facts["images"])) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        facts = driver.execute_script(_PAGE_FACTS)
+    facts["severe"] = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    return facts
+
+
+def _save_full_page(driver, path: Path, height: int) -> None:
+    """A screenshot of the whole report (the window grown to the page height, capped) for a person to review."""
+    driver.set_window_size(1280, max(800, min(int(height), 16000)))
+    assert driver.save_screenshot(str(path))
+
+
+def _expected_tables(run_folder: Path) -> dict:
+    """(section id, table id or heading) -> rows, from summary.json and the case manifests the report reads."""
+    from MedSegLib.report import load_run
+    from MedSegLib.report.html_report import cohort_tables
+
+    summary = load_run(run_folder)
+    expected = {("cohort", "cases-table"): len(summary["cases"])}
+    ids = [case["id"] for case in summary["cases"]]
+    for group, columns in cohort_tables(summary["cases"]).items():
+        with_data = [i for i in ids if any(i in values for values in columns.values())]
+        expected[("cohort", f"cohort-{_slug(group)}")] = len(with_data)
+    for case in summary["cases"]:
+        section, manifest = f"case-{case['id']}", case.get("manifest") or {}
+        steps = manifest.get("steps") or case.get("steps") or []
+        if steps:
+            expected[(section, f"steps-{case['id']}")] = len(steps)
+        for table in manifest.get("tables", []):
+            expected[(section, table["title"])] = len(table["rows"])
+        if manifest.get("provenance", {}).get("input_series"):
+            expected[(section, "Input series")] = len(manifest["provenance"]["input_series"])
+        outputs = [o for o in manifest.get("outputs", []) if o.get("kind") != "image"]
+        if outputs:
+            expected[(section, "Outputs")] = len(outputs)
+    return expected
+
+
+def test_report_in_headless_chromium_via_selenium(run_folder, tmp_path, browser):
+    """The report in a real browser: no console errors, every image decoded, the expected table rows, no network."""
     from MedSegLib.report import build_report
 
-    browser = _chromium()
     report = build_report(run_folder)
+    facts = _open(browser, report.as_uri())
+    assert facts["severe"] == [], facts["severe"]
+    assert facts["title"].startswith("MedSeg report")
+    assert len(facts["images"]) >= 10
+    undecoded = [i for i in facts["images"] if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
+    assert undecoded == [], undecoded
+    assert {i["scheme"] for i in facts["images"]} == {"data"}
+
+    found = {}
+    for table in facts["tables"]:
+        found[(table["section"], table["heading"])] = table["rows"]
+        if table["id"]:
+            found[(table["section"], table["id"])] = table["rows"]
+    # the numbers this run must show, written out, then every table the run's files call for
+    assert found[("cohort", "cases-table")] == 3
+    assert found[("cohort", "cohort-volume-cm3")] == 2  # the two CT cases
+    assert found[("cohort", "cohort-t1-median-ms")] == 1  # only the study has an inversion-recovery series
+    assert found[("case-study", "steps-study")] == 5 and found[("case-broken", "steps-broken")] == 1
+    assert found[("case-ct_only", "Statistics: dense (classical) on " + _ct_volume_name(run_folder, "ct_only"))] == 1
+    expected = _expected_tables(run_folder)
+    assert len(expected) >= 12
+    for key, rows in expected.items():
+        assert found.get(key) == rows, (key, found.get(key), rows)
+    assert _page_requests(browser.recorder.requests) == []
+
     artifacts = Path(os.environ.get("MEDSEG_TEST_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     screenshot = artifacts / "report-screenshot.png"
-    shot, requests = _run_chromium(browser, tmp_path / "profile", [f"--screenshot={screenshot}"], report.as_uri())
-    assert shot.returncode == 0, shot.stderr[-2000:]
-    assert screenshot.is_file() and screenshot.stat().st_size > 20000  # a real page, not a blank one
-    assert requests == [], requests
-    dom, requests = _run_chromium(browser, tmp_path / "profile", ["--dump-dom"], report.as_uri())
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert requests == [], requests
-    collector = _Collector()
-    collector.feed(dom.stdout)  # the DOM as Chromium parsed it
-    assert collector.rows["cases-table"] == 3
-    assert collector.rows["cohort-volume-cm3"] == 2
-    assert sum(1 for tag, _ in collector.tags if tag == "img") >= 10
+    _save_full_page(browser, screenshot, facts["height"])
+    with open(screenshot, "rb") as handle:
+        header = handle.read(24)
+    width, height = struct.unpack(">II", header[16:24])
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and width >= 1000 and height >= 2000
+    assert screenshot.stat().st_size > 50000  # a real page, not a blank one
 
-    # the detector itself: a page with one remote image is caught
-    leaky = tmp_path / "leaky.html"
-    leaky.write_text('<html><body><img src="http://medseg-test.invalid/x.png"></body></html>')
-    _, requests = _run_chromium(browser, tmp_path / "profile", ["--dump-dom"], leaky.as_uri())
-    assert any("medseg-test.invalid" in r for r in requests), requests
+
+def _ct_volume_name(run_folder: Path, case_id: str) -> str:
+    manifest = json.loads((run_folder / "cases" / case_id / "manifest.json").read_text())
+    return next(s["name"] for s in manifest["provenance"]["input_series"] if s["modality"] == "CT")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def test_browser_checks_catch_a_broken_page(tmp_path, browser):
+    """The detectors themselves: a script error, an image that does not decode and a remote fetch are all seen."""
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        "<html><body><img id='bad' src='data:image/png;base64,iVBORw0KGgo='>"
+        "<img src='http://medseg-test.invalid/x.png'><script>undefined_function();</script></body></html>"
+    )
+    facts = _open(browser, broken.as_uri())
+    messages = " | ".join(entry["message"] for entry in facts["severe"])
+    assert "undefined_function" in messages, messages
+    assert [i["width"] for i in facts["images"]] == [0, 0]
+    assert any("medseg-test.invalid" in r for r in _page_requests(browser.recorder.requests))

@@ -97,8 +97,9 @@ def compute_input_hash(case: CaseSpec) -> None:
                 with DicomDatabase(item["db"], create=False) as database:
                     files = [Path(f) for f in database.filesForSeries(item["uid"])]
                 digest.update(item["uid"].encode() + hash_files(files).encode())
-            elif kind == "pacs":  # the archive's own identity: study UID and its instance count
-                digest.update(f"{item['node']}|{item['study_uid']}|{item.get('instances', '')}".encode())
+            elif kind == "pacs":  # the archive's own identity: study UID, its image series and their sizes
+                series = "|".join(f"{s['uid']}:{s.get('instances', '')}" for s in item.get("series", []))
+                digest.update(f"{item['node']}|{item['study_uid']}|{series}".encode())
     except (OSError, UserInputError) as error:
         case.hash_error = str(error)
         case.input_hash = ""
@@ -186,30 +187,67 @@ def cases_from_database(path: str, query: Optional[Dict[str, Any]] = None, group
     return cases
 
 
-def cases_from_pacs(node_name: str, query: Optional[Dict[str, Any]] = None) -> List[CaseSpec]:
-    """One case per study a PACS query (C-FIND or QIDO-RS) returns; retrieval happens in the worker."""
+#: series a pipeline may have sent back (or a viewer stored) that are no input images: left out of PACS cases,
+#: so a study that received its own DICOM SEG keeps its input hash and is skipped on re-run
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "PLAN"})
+
+
+def pacs_node(name: str, settings: Optional[str] = None) -> Any:
+    """A configured PACS node by name, from ``settings`` (a PACS nodes JSON file) or MedSeg's settings file."""
     try:
         from MedSegLib.pacs import nodes
     except ImportError as error:
-        raise UserInputError(f"PACS inputs are not available in this installation ({error})") from None
-    node = nodes.resolve_node(node_name)
-    filters = {key: str(value) for key, value in (query or {}).items()}
+        raise UserInputError(f"PACS access is not available in this installation ({error})") from None
+    if not settings:
+        return nodes.resolve_node(name)
+    path = Path(settings).expanduser()
+    if not path.is_file():
+        raise UserInputError("PACS settings file not found", path)
+    known = nodes.load_nodes(path)
+    if name not in known:
+        raise UserInputError(f"no PACS node named {name!r} (nodes: {', '.join(sorted(known)) or 'none'})", path)
+    return known[name]
+
+
+def _pacs_search(node: Any, level: str, filters: Dict[str, str]) -> List[Dict[str, str]]:
+    """C-FIND, or QIDO-RS when the node has a DICOMweb URL."""
     if node.web_url:
         from MedSegLib.pacs import dicomweb
 
-        studies = dicomweb.search(node, "study", filters)
-    else:
-        from MedSegLib.pacs import dimse
+        return dicomweb.search(node, level, filters)
+    from MedSegLib.pacs import dimse
 
-        studies = dimse.find(node, "study", filters)
+    return dimse.find(node, level, filters)
+
+
+def cases_from_pacs(
+    node_name: str, query: Optional[Dict[str, Any]] = None, settings: Optional[str] = None
+) -> List[CaseSpec]:
+    """One case per study a PACS query (C-FIND or QIDO-RS) returns; retrieval happens in the worker.
+
+    Each case lists the study's image series (a ``Modality`` in the query keeps only that modality) with
+    their instance counts: they make the input hash, and the load step retrieves exactly those series.
+    """
+    node = pacs_node(node_name, settings)
+    filters = {key: str(value) for key, value in (query or {}).items()}
+    wanted_modality = str(filters.get("Modality") or filters.get("modality") or "").upper()
     cases = []
-    for study in studies:
+    for study in _pacs_search(node, "study", filters):
         uid = study.get("StudyInstanceUID", "")
         if not uid:
             continue
+        series = []
+        for row in _pacs_search(node, "series", {"study_uid": uid}):
+            modality = str(row.get("Modality", "")).upper()
+            if modality in NON_IMAGE_MODALITIES or (wanted_modality and modality != wanted_modality):
+                continue
+            instances = str(row.get("NumberOfSeriesRelatedInstances", ""))
+            series.append({"uid": row.get("SeriesInstanceUID", ""), "modality": modality, "instances": instances})
+        series.sort(key=lambda s: s["uid"])
         label = f"{study.get('PatientID', '')} {study.get('StudyDate', '')} {study.get('StudyDescription', '')}"
-        item = {"kind": "pacs", "node": node_name, "study_uid": uid}
-        item["instances"] = study.get("NumberOfStudyRelatedInstances", "")
+        item: Dict[str, Any] = {"kind": "pacs", "node": node_name, "study_uid": uid, "series": series}
+        if settings:
+            item["settings"] = str(Path(settings).expanduser().resolve())
         cases.append(CaseSpec(safe_id(f"{study.get('PatientID') or 'study'}_{uid[-8:]}"), [item], label.strip()))
     return cases
 
@@ -226,7 +264,8 @@ def resolve_cases(
         source = inputs["dicom_db"]
         cases += cases_from_database(source["path"], source.get("query"), source.get("group_by", "series"))
     if inputs.get("pacs"):
-        cases += cases_from_pacs(inputs["pacs"]["node"], inputs["pacs"].get("query"))
+        source = inputs["pacs"]
+        cases += cases_from_pacs(source["node"], source.get("query"), source.get("settings"))
     cases += cases_from_paths(cli_inputs, db)
     cases = _unique(cases)
     if hash_inputs:

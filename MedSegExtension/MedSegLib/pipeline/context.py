@@ -71,6 +71,7 @@ class CaseContext:
     volumes: List[VolumeEntry] = field(default_factory=list)
     segmentations: Dict[str, SegmentationEntry] = field(default_factory=dict)
     maps: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # fit id -> {map name: node}
+    map_sources: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # fit id -> {"volume", "primary", "model"}
     outputs: List[Dict[str, Any]] = field(default_factory=list)
     measurements: Dict[str, Dict[str, float]] = field(default_factory=dict)
     tables: List[Dict[str, Any]] = field(default_factory=list)

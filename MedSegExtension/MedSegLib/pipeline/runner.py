@@ -291,9 +291,11 @@ def execute_case(
     threads: int = 0,
 ) -> Dict[str, Any]:
     """Picklable entry point for pool and Dask workers: plain dicts in, the case result out."""
-    from MedSegLib.pipeline.workers import apply_thread_limits
+    from MedSegLib.pipeline.workers import WORKER_STATE, apply_thread_limits, warm_worker, worker_facts
 
-    if threads:
+    if WORKER_STATE["boot_s"] is None:  # a Dask worker, or a pool started without the warm-up
+        warm_worker(pipeline_json, threads)
+    elif threads:
         apply_thread_limits(threads)
     emit = None
     if events is not None:
@@ -304,10 +306,12 @@ def execute_case(
             except Exception:  # noqa: BLE001 - progress must never fail a case
                 pass
 
+    WORKER_STATE["cases"] += 1
     result, _ = run_case(
         CaseSpec.from_json(case_json), PipelineSpec.from_json(pipeline_json), Path(out_root), on_unavailable, emit
     )
     result["worker_pid"] = os.getpid()
+    result["worker"] = worker_facts()
     return result
 
 
@@ -446,7 +450,10 @@ def _run_on_pool(
     results: Dict[str, Dict[str, Any]] = {}
 
     def new_executor() -> Any:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(threads,))
+        # each worker boots the runtime and imports the step modules once, in parallel, then runs case after case
+        return ProcessPoolExecutor(
+            workers, mp_context=context, initializer=init_worker, initargs=(threads, True, pipeline_json)
+        )
 
     executor = new_executor()
     running: Dict[Any, Tuple[CaseSpec, int]] = {}

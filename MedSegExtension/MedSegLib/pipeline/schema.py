@@ -312,4 +312,9 @@ def load_pipeline(path: Union[str, Path]) -> PipelineSpec:
         inputs["glob"] = str(base / inputs["glob"])
     if inputs.get("dicom_db"):
         inputs["dicom_db"]["path"] = str((base / Path(inputs["dicom_db"]["path"]).expanduser()).resolve())
+    if inputs.get("pacs", {}).get("settings"):
+        inputs["pacs"]["settings"] = str((base / Path(inputs["pacs"]["settings"]).expanduser()).resolve())
+    for step in spec.steps:  # a PACS settings file named by a step, like the inputs, is relative to the pipeline
+        if step.type == "send" and step.params.get("settings"):
+            step.params["settings"] = str((base / Path(step.params["settings"]).expanduser()).resolve())
     return spec

@@ -6,7 +6,7 @@ fails (or, with ``on_unavailable: skip``, skips) only that step with a clear "no
 and ``medseg run --help`` / pipeline validation never pay for torch or VTK imports.
 
 Built-in order of a full pipeline: load -> window -> segment / deep_segment -> statistics -> qmri ->
-export_seg -> send. Extensions add steps with :func:`register_step`.
+export_seg / export_pmap -> send. Extensions add steps with :func:`register_step`.
 """
 
 from __future__ import annotations
@@ -132,24 +132,36 @@ def _loaded_volumes_for_input(item: Dict[str, Any], params: Dict[str, Any], ctx:
             raise UserInputError(f"series {item['uid']} is not in the database", item["db"])
         return load_series_files(files, keep_acquired_grid=keep)
     if kind == "pacs":
-        from MedSegLib.dicom.database import DicomDatabase
-
-        nodes = _require("MedSegLib.pacs.nodes", "PACS access")
-        node = nodes.resolve_node(item["node"])
-        database_dir = ctx.scratch / "pacs-db"
-        database_dir.mkdir(parents=True, exist_ok=True)
-        if node.web_url:
-            _require("MedSegLib.pacs.dicomweb", "DICOMweb").retrieve(node, item["study_uid"], database_dir, "study")
-        else:
-            _require("MedSegLib.pacs.dimse", "DIMSE").get(node, item["study_uid"], database_dir, "study")
-        database = DicomDatabase(database_dir, create=False)
-        loaded = []
-        for series_uid in database.seriesForStudy(item["study_uid"]):
-            loaded.extend(load_series_files(database.filesForSeries(series_uid), keep_acquired_grid=keep))
-        if not loaded:
-            raise UserInputError(f"study {item['study_uid']} retrieved from {item['node']} holds no image series")
-        return loaded
+        return _retrieve_pacs_study(item, keep, ctx)
     raise UserInputError(f"unknown input kind {kind!r}")
+
+
+def _retrieve_pacs_study(item: Dict[str, Any], keep: bool, ctx: CaseContext) -> List[Any]:
+    """The image series the case lists (C-GET or WADO-RS into a scratch database), loaded in UID order."""
+    from MedSegLib.dicom.database import DicomDatabase
+    from MedSegLib.dicom.loader import load_series_files
+    from MedSegLib.pipeline.cases import pacs_node
+
+    node = pacs_node(item["node"], item.get("settings"))
+    database_dir = ctx.scratch / "pacs-db"
+    database_dir.mkdir(parents=True, exist_ok=True)
+    series_uids = [s["uid"] for s in item.get("series", [])]
+    if not series_uids:
+        raise UserInputError(f"study {item['study_uid']} on {item['node']} lists no image series")
+    if node.web_url:
+        retrieve = _require("MedSegLib.pacs.dicomweb", "DICOMweb").retrieve
+    else:
+        retrieve = _require("MedSegLib.pacs.dimse", "DICOM networking").get
+    loaded = []
+    for number, series_uid in enumerate(series_uids):
+        retrieve(node, series_uid, database_dir, "series")
+        with DicomDatabase(database_dir, create=False) as database:
+            files = database.filesForSeries(series_uid)
+        loaded.extend(load_series_files(files, keep_acquired_grid=keep))
+        ctx.report((number + 1) / len(series_uids) / 2, f"retrieved {number + 1}/{len(series_uids)} series")
+    if not loaded:
+        raise UserInputError(f"study {item['study_uid']} retrieved from {item['node']} holds no image series")
+    return loaded
 
 
 def run_load(ctx: CaseContext, params: Dict[str, Any]) -> str:
@@ -532,6 +544,7 @@ def run_qmri(ctx: CaseContext, params: Dict[str, Any]) -> str:
         result, nodes = pipeline.fit_sequence_node(entry.node, model, cancel=ctx.cancel)
         primary = result.primary
         ctx.maps[fit_id] = nodes
+        ctx.map_sources[fit_id] = {"volume": entry, "primary": primary, "model": model}
         for map_name in (primary, "M0", "RMSE", "status"):
             if map_name in nodes:
                 nodes[map_name].SetName(f"{fit_id} {map_name}")
@@ -651,14 +664,81 @@ def run_export_seg(ctx: CaseContext, params: Dict[str, Any]) -> str:
     return ", ".join(written)
 
 
+def _first_volume_files(entry: VolumeEntry, slices: int) -> List[str]:
+    """Files of the reference a map is exported against: the series itself, or the first volume of a 4D series.
+
+    A map fitted from a multi-TI / multi-TE series lies on the grid of each of its volumes; its frames reference
+    the instances of the first volume (the loader orders 4D files volume-major, slices ascending).
+    """
+    files = list(entry.files)
+    if not entry.is_sequence:
+        return files
+    volumes = entry.node.GetNumberOfDataNodes()
+    if len(files) != volumes * slices:
+        raise UserInputError(
+            f"{entry.name}: {len(files)} files for {volumes} volumes of {slices} slices (an enhanced multi-frame "
+            "4D series); a Parametric Map needs single-frame source instances to reference"
+        )
+    return files[:slices]
+
+
+def run_export_pmap(ctx: CaseContext, params: Dict[str, Any]) -> str:
+    pmap = _require("MedSegLib.export.pmap", "DICOM Parametric Map export")
+    reference_module = _require("MedSegLib.export.reference", "DICOM Parametric Map export")
+    if not ctx.maps:
+        raise StepSkipped("no quantitative map to export (add a qmri step before)")
+    fit_ids = params.get("fits") or list(ctx.maps)
+    written = []
+    series_number = int(params.get("series_number", 902))
+    for fit_id in fit_ids:
+        if fit_id not in ctx.maps:
+            raise UserInputError(f"export_pmap: no fit named {fit_id!r} (fitted: {', '.join(ctx.maps)})")
+        source = ctx.map_sources[fit_id]
+        entry: VolumeEntry = source["volume"]
+        if not entry.files:
+            raise StepSkipped(f"{entry.name} was not loaded from DICOM, so a Parametric Map cannot reference it")
+        for map_name in params.get("maps") or [source["primary"]]:
+            node = ctx.maps[fit_id].get(map_name)
+            if node is None:
+                known = ", ".join(ctx.maps[fit_id])
+                raise UserInputError(f"export_pmap: fit {fit_id} has no {map_name!r} map (maps: {known})")
+            slices = node.GetImageData().GetDimensions()[2]
+            reference = reference_module.load_reference(_first_volume_files(entry, slices))
+            unit = node.GetAttribute("MedSeg.unit") or None
+            description = params.get("series_description") or f"MedSeg {fit_id} {map_name} map"
+            path = pmap.export_volume_node(
+                node,
+                reference,
+                ctx.path("dicom", f"PM_{_safe_name(fit_id)}_{_safe_name(map_name)}.dcm"),
+                quantity=map_name,
+                unit=unit,
+                series_description=description[:64],
+                series_number=series_number,
+            )
+            series_number += 1
+            ctx.add_output(
+                Path(path),
+                "dicom",
+                f"DICOM Parametric Map of {fit_id} {map_name} ({unit or 'no unit'}, "
+                f"references {reference.series_instance_uid})",
+                quantity=map_name,
+                unit=unit or "",
+            )
+            written.append(Path(path).name)
+        ctx.report(len(written) / max(1, len(fit_ids)), fit_id)
+    return ", ".join(written)
+
+
 def _check_send(params: Dict[str, Any]) -> None:
     if not params.get("node"):
         raise ValueError("'node' (a PACS node name from the MedSeg settings) is required")
 
 
 def run_send(ctx: CaseContext, params: Dict[str, Any]) -> str:
-    nodes = _require("MedSegLib.pacs.nodes", "PACS sending")
-    node = nodes.resolve_node(params["node"])
+    _require("MedSegLib.pacs.nodes", "PACS sending")
+    from MedSegLib.pipeline.cases import pacs_node
+
+    node = pacs_node(params["node"], params.get("settings"))
     files = [ctx.out_dir / o["path"] for o in ctx.outputs if o["kind"] == "dicom"]
     if not files:
         raise StepSkipped("no DICOM object to send (add export_seg before send)")
@@ -668,6 +748,9 @@ def run_send(ctx: CaseContext, params: Dict[str, Any]) -> str:
         result = _require("MedSegLib.pacs.dimse", "DICOM networking").store(node, files)
     if result.failed:
         raise UserInputError(f"{node.describe()} refused {len(result.failed)} object(s): {result.failed[0][1]}")
+    ctx.provenance.setdefault("sent", []).append(
+        {"node": params["node"], "protocol": "STOW-RS" if node.web_url else "C-STORE", "objects": result.sent}
+    )
     return f"sent {result.sent} object(s) to {node.describe()}"
 
 
@@ -774,9 +857,21 @@ for _step in (
         needs=("MedSegLib.export.seg",),
     ),
     Step(
+        "export_pmap",
+        run_export_pmap,
+        {
+            "fits": {"type": "array", "items": NAME_SCHEMA, "minItems": 1},
+            "maps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "series_description": {"type": "string"},
+            "series_number": {"type": "integer", "minimum": 1},
+        },
+        "DICOM Parametric Map (float values, real-world value mapping with units) of each qMRI map",
+        needs=("MedSegLib.export.pmap", "highdicom"),
+    ),
+    Step(
         "send",
         run_send,
-        {"node": {"type": "string"}},
+        {"node": {"type": "string"}, "settings": {"type": "string"}},
         "send the exported DICOM objects to a PACS node (C-STORE or STOW-RS)",
         check=_check_send,
         needs=("MedSegLib.pacs.nodes",),

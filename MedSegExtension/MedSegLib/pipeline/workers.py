@@ -1,7 +1,10 @@
 """Worker-process setup, kept free of heavy imports so thread limits apply before numpy/torch load.
 
-One case runs per worker; with N workers on C cores each worker gets C // N threads (OpenMP, OpenBLAS,
-MKL, numba, ITK, torch), so workers do not oversubscribe the machine and slow each other down.
+One case runs per worker at a time; with N workers on C cores each worker gets C // N threads (OpenMP,
+OpenBLAS, MKL, numba, ITK, torch), so workers do not oversubscribe the machine and slow each other down.
+Workers live for the whole run: the pool initializer boots the MRML runtime and imports the modules of the
+pipeline's steps once per worker (:func:`warm_worker`), and every later case in that worker starts at once.
+torch / MONAI are not part of that warm-up: only a deep-learning step imports them, the first time it runs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from typing import Any, Dict, Optional
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -40,8 +45,23 @@ def thread_environment(threads: int) -> dict:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
-def init_worker(threads: int, ignore_sigint: bool = True) -> None:
-    """Process-pool initializer: thread limits first, then (lazily) the libraries that read them.
+#: what this worker process did so far (boot time, cases run): reported with every case result
+WORKER_STATE: Dict[str, Any] = {"boot_s": None, "cases": 0, "warmed": []}
+
+#: step type -> modules its first run would import (warmed up front); torch/MONAI deliberately absent
+STEP_MODULES = {
+    "load": ("MedSegLib.dicom.loader", "MedSegLib.dicom.mrml", "MedSegLib.node_io"),
+    "window": ("MedSegLib.windowing.render", "MedSegLib.windowing.presets", "MedSegLib.png_writer"),
+    "segment": ("MedSegLib.segmentation.api",),
+    "statistics": ("MedSegLib.statistics",),
+    "qmri": ("MedSegLib.qmri.pipeline", "MedSegLib.qmri.acquisition", "MedSegLib.report.plots"),
+    "export_seg": ("MedSegLib.export.seg", "MedSegLib.export.reference"),
+    "export_pmap": ("MedSegLib.export.pmap", "MedSegLib.export.reference"),
+}
+
+
+def init_worker(threads: int, ignore_sigint: bool = True, pipeline_json: Optional[Dict[str, Any]] = None) -> None:
+    """Process-pool initializer: thread limits first, then the libraries that read them, then the warm-up.
 
     SIGINT is ignored in workers: on Ctrl-C the parent stops them and removes unfinished outputs,
     so no worker is killed half way through a rename.
@@ -50,6 +70,51 @@ def init_worker(threads: int, ignore_sigint: bool = True) -> None:
     os.environ.setdefault("MEDSEG_VTK_QUIET", "1")
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pipeline_json is not None:
+        try:
+            warm_worker(pipeline_json, threads)
+        except Exception:  # noqa: BLE001 - never break the pool here: the first case retries and reports it
+            WORKER_STATE["boot_s"] = None
+
+
+def warm_worker(pipeline_json: Dict[str, Any], threads: int = 0) -> float:
+    """Boot the MRML runtime and import the pipeline's step modules once per worker; returns the seconds.
+
+    Idempotent (a Dask worker calls it before each case; only the first call does work). A module that
+    fails to import is left for its step to report as "not available" when a case runs.
+    """
+    if WORKER_STATE["boot_s"] is not None:
+        return 0.0
+    import importlib
+
+    started = time.perf_counter()
+    from MedSegLib.pipeline.schema import import_plugin
+    from MedSegLib.runtime import boot
+
+    boot()
+    for module in pipeline_json.get("plugins") or []:
+        import_plugin(module)
+    for step in pipeline_json.get("steps", []):
+        for module in STEP_MODULES.get(step.get("type", ""), ()):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                continue
+            WORKER_STATE["warmed"].append(module)
+    if threads:
+        apply_thread_limits(threads)
+    WORKER_STATE["boot_s"] = round(time.perf_counter() - started, 3)
+    return WORKER_STATE["boot_s"]
+
+
+def worker_facts() -> Dict[str, Any]:
+    """This worker's pid, warm-up seconds, how many cases it ran before, and whether torch is loaded."""
+    return {
+        "pid": os.getpid(),
+        "boot_s": WORKER_STATE["boot_s"],
+        "case_number": WORKER_STATE["cases"],
+        "torch_loaded": "torch" in sys.modules,
+    }
 
 
 def apply_thread_limits(threads: int) -> None:
