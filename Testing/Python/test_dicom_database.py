@@ -24,6 +24,7 @@ import pytest
 from pydicom.errors import InvalidDicomError
 
 from MedSegLib.cli.main import main
+from MedSegLib.dicom import header_reader
 from MedSegLib.dicom.database import (
     DATABASE_FILENAME,
     FILE_INDEX_FILENAME,
@@ -32,7 +33,7 @@ from MedSegLib.dicom.database import (
     describe_database,
     human_readable_patient_name,
 )
-from MedSegLib.dicom.indexer import CACHED_TAGS, import_paths, read_header
+from MedSegLib.dicom.indexer import CACHED_TAGS, HEADER_TAGS, cache_json, import_paths, read_header
 
 EXPECTED_CTK_SCHEMA = r"""
 DROP TABLE IF EXISTS 'SchemaInfo' ;
@@ -371,6 +372,12 @@ def test_real_data_file_value_matches_pydicom(real_import):
     for path, ds in list(view.items())[::3]:
         for key in keys:
             assert db.fileValue(path, key) == pydicom_tag_value(ds, key), (path, key)
+    # tags the importer reads but does not cache come from the file header (slower, same answer)
+    uncached = [key for key, _vr in HEADER_TAGS.values() if key not in keys]
+    assert "0010,0010" in uncached and "0008,0020" in uncached
+    for path, ds in list(view.items())[::40]:
+        for key in uncached:
+            assert db.fileValue(path, key) == pydicom_tag_value(ds, key), (path, key)
     path, ds = next(iter(view.items()))
     group, element = 0x0020, 0x0032
     assert db.fileValue(path, group, element) == pydicom_tag_value(ds, "0020,0032")
@@ -634,9 +641,159 @@ def test_header_reader_matches_pydicom_on_encodings(tmp_path, shared_data, varia
     reference = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     record = read_header(str(path))
     assert record.has_pixel_data
-    for key, _vr in CACHED_TAGS.values():
+    for key, _vr in HEADER_TAGS.values():
         expected = "" if variant == "bare" and key.startswith("0002") else pydicom_tag_value(reference, key)
         assert record.values.get(key, "") == expected, key
+
+
+# ----------------------------------------------------------------------------- layout templates
+
+
+def header_outcome(path: Path, use_layout: bool) -> object:
+    """What read_header says about a file: its record, or the kind and text of its error."""
+    try:
+        record = read_header(str(path), use_layout=use_layout)
+    except (header_reader.NotDicomError, header_reader.DicomReadError) as error:
+        return type(error).__name__, str(error)
+    cached = {key: record.values[key] for key, _vr in CACHED_TAGS.values() if key in record.values}
+    assert record.cache_json is not None and json.loads(record.cache_json) == cached  # the tag-cache rows
+    return record.values, record.has_pixel_data, record.media_sop_instance_uid
+
+
+def test_layout_templates_give_the_same_records_as_a_full_walk(shared_data, monkeypatch):
+    """Every shared file in import order, with and without layout templates: identical records and errors."""
+    counts = {"walked": 0, "skipped": 0}
+    original = header_reader._walk_dataset
+
+    def counting(*args):
+        walk = original(*args)
+        counts["walked"] += walk.walked
+        counts["skipped"] += walk.skipped
+        return walk
+
+    monkeypatch.setattr(header_reader, "_walk_dataset", counting)
+    vars(header_reader._LAYOUTS).clear()
+    paths = sorted(p for p in shared_data.rglob("*") if p.is_file())
+    plain = [header_outcome(p, use_layout=False) for p in paths]
+    assert counts == {"walked": 0, "skipped": 0}
+    templated = [header_outcome(p, use_layout=True) for p in paths]
+    for path, expected, got in zip(paths, plain, templated):
+        assert got == expected, path
+    # the templates were really used: most elements of most files were jumped over, not walked
+    assert counts["skipped"] > 5 * counts["walked"] > 0
+
+
+def warm_layout(files: List[Path]) -> None:
+    vars(header_reader._LAYOUTS).clear()
+    for path in files:
+        read_header(str(path))
+    layout = header_reader._LAYOUTS.layout
+    assert layout is not None and not layout.fresh and layout.segments
+
+
+def patched_copy(source: Path, target: Path, tag: int, new_value: bytes) -> None:
+    """Copy with one element's value bytes replaced in place (same length, nothing else moves)."""
+    raw = pydicom.dcmread(source, stop_before_pixels=True, defer_size=None).get_item(tag)
+    assert len(new_value) == raw.length
+    data = bytearray(source.read_bytes())
+    data[raw.value_tell : raw.value_tell + raw.length] = new_value
+    target.write_bytes(bytes(data))
+
+
+def test_layout_templates_follow_files_that_differ_from_the_template(tmp_path, shared_data):
+    """Files of a series whose bytes differ where the template's previous files agreed: same result as a full walk.
+
+    The series: 10 GE MR files, given a Latin-1 institution name (so that text decoding depends on the
+    character set) and a body part written as LO instead of the dictionary's CS (the file's VR decides how a
+    value is decoded). Each variant of the 9th file is read right after the template learnt the first 8.
+    """
+    series = tmp_path / "series"
+    series.mkdir()
+    for source in sorted((shared_data / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[:10]:
+        ds = pydicom.dcmread(source)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.InstitutionName = "Klinik Ärzte Zürich"
+        ds.add_new(0x00180015, "LO", "Schädel")
+        ds.save_as(series / source.name)
+    files = sorted(series.iterdir())
+    base = files[8]
+    header = pydicom.dcmread(base, stop_before_pixels=True, defer_size=None)
+    variants: Dict[str, Path] = {}
+    variants["value_same_length"] = tmp_path / "value_same_length.dcm"
+    patched_copy(base, variants["value_same_length"], 0x00080080, b"X" * header.get_item(0x00080080).length)
+    private = next(t for t in header.keys() if t.group == 0x0019 and t.element > 0x1000)
+    variants["private_value"] = tmp_path / "private_value.dcm"
+    patched_copy(base, variants["private_value"], private, b"\x01" * header.get_item(private).length)
+    # same bytes everywhere but the character set: the institution name now decodes differently
+    charset_element = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"  # (0008,0005) CS, 10 bytes, explicit VR LE
+    assert base.read_bytes().count(charset_element) == 1
+    variants["other_charset_same_bytes"] = tmp_path / "other_charset_same_bytes.dcm"
+    variants["other_charset_same_bytes"].write_bytes(
+        base.read_bytes().replace(charset_element, charset_element.replace(b"100", b"192"))
+    )
+    edits = {
+        "longer_description": lambda ds: setattr(ds, "StudyDescription", "a much longer study description"),
+        "removed_element": lambda ds: delattr(ds, "InstitutionName"),
+        "added_private": lambda ds: (ds.add_new(0x00110010, "LO", "MEDSEG TEST"), ds.add_new(0x00111001, "LO", "x")),
+        "other_charset": lambda ds: (setattr(ds, "SpecificCharacterSet", "ISO_IR 192"),
+                                     setattr(ds, "PatientName", "Müller^Jörg")),
+    }
+    for name, edit in edits.items():
+        ds = pydicom.dcmread(base)
+        edit(ds)
+        variants[name] = tmp_path / f"{name}.dcm"
+        ds.save_as(variants[name])
+    variants["truncated_in_header"] = tmp_path / "truncated_in_header.dcm"
+    variants["truncated_in_header"].write_bytes(base.read_bytes()[: header.get_item(0x0020000D).value_tell + 3])
+    for name, path in variants.items():
+        warm_layout(files[:8])
+        expected = header_outcome(path, use_layout=False)
+        assert header_outcome(path, use_layout=True) == expected, name
+        if name == "truncated_in_header":
+            assert expected[0] == "DicomReadError" and "truncated" in expected[1]  # type: ignore[index]
+            continue
+        values = expected[0]  # type: ignore[index]
+        if name == "other_charset_same_bytes":  # Latin-1 bytes read as UTF-8: replacement characters
+            assert values["0008,0080"] == "Klinik \ufffdrzte Z\ufffdrich"
+            assert values["0018,0015"] == "Sch\ufffddel"
+            continue
+        reference = pydicom.dcmread(path, stop_before_pixels=True)
+        for key, _vr in HEADER_TAGS.values():
+            assert values.get(key, "") == pydicom_tag_value(reference, key), (name, key)
+    plain = header_outcome(files[8], use_layout=False)[0]
+    assert plain["0008,0080"] == "Klinik Ärzte Zürich" and plain["0018,0015"] == "Schädel"  # type: ignore[index]
+    # and the series itself after all that: the next file still reads the same both ways
+    warm_layout(files[:8])
+    assert header_outcome(files[9], use_layout=True) == header_outcome(files[9], use_layout=False)
+
+
+def test_tag_cache_holds_the_cached_tags_and_answers_the_others_from_the_file(tmp_path, shared_data, monkeypatch):
+    files = small_series(shared_data)
+    rows = {}
+    for json_rows in (True, False):  # SQLite's json_each, and plain rows (SQLite builds without JSON)
+        monkeypatch.setattr("MedSegLib.dicom.indexer._sqlite_has_json", lambda conn, value=json_rows: value)
+        db = DicomDatabase(tmp_path / f"db-{json_rows}")
+        import_paths(db, [str(files[0].parent)], mode="serial")
+        sop = db.instanceForFile(str(files[0]))
+        rows[json_rows] = db.getCachedTags(sop)
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        present = {key for key, _vr in CACHED_TAGS.values() if pydicom_tag_value(ds, key)}
+        assert set(rows[json_rows]) == present and len(present) >= 15
+        assert all(rows[json_rows][key] == pydicom_tag_value(ds, key) for key in present)
+        # a header tag outside the cache: read from the file, then cached as CTK does
+        assert "0010,0010" not in rows[json_rows]
+        assert db.fileValue(str(files[0]), "0010,0010") == pydicom_tag_value(ds, "0010,0010") != ""
+        assert db.getCachedTags(sop)["0010,0010"] == pydicom_tag_value(ds, "0010,0010")
+        db.closeDatabase()
+    assert rows[True] == rows[False]
+
+
+def test_cache_json_round_trips_and_refuses_what_sqlite_json_would_change():
+    values = {"0008,103E": 'say "hi" \\ Jörg', "0020,0032": "1\\2\\3", "0010,0010": "not cached"}
+    assert json.loads(cache_json(values)) == {"0008,103E": 'say "hi" \\ Jörg', "0020,0032": "1\\2\\3"}
+    assert cache_json({}) == "{}"
+    assert cache_json({"0008,103E": "a\x00b"}) is None
+    assert cache_json({"0008,103E": "\ud800"}) is None
 
 
 # ----------------------------------------------------------------------------- copy, remove

@@ -361,7 +361,11 @@ class DicomDatabase:
                 raise UserInputError(f"cannot create the database folder: {error.strerror}", directory) from None
         try:
             self._conn: Optional[sqlite3.Connection] = sqlite3.connect(db_file, isolation_level=None, timeout=30.0)
+            # A new database is created without waiting for the disk (fsync): the three files' schemas are
+            # empty and nothing else is at stake (like imports, which also write with synchronous=OFF).
+            default_sync = self._conn.execute("PRAGMA synchronous").fetchone()[0]
             if not exists:
+                self._conn.execute("PRAGMA synchronous = OFF")
                 self._initialize_database()
         except sqlite3.Error as error:
             self._conn = None
@@ -379,14 +383,19 @@ class DicomDatabase:
         try:
             tag_cache_file = os.path.join(directory, TAG_CACHE_FILENAME)
             conn.execute("ATTACH DATABASE ? AS tc", (tag_cache_file,))
+            conn.execute("ATTACH DATABASE ? AS mi", (os.path.join(directory, FILE_INDEX_FILENAME),))
+            if not exists:
+                conn.execute("PRAGMA tc.synchronous = OFF")
+                conn.execute("PRAGMA mi.synchronous = OFF")
             if not conn.execute("SELECT name FROM tc.sqlite_master WHERE type='table' AND name='TagCache'").fetchone():
                 conn.execute(TAG_CACHE_SQL.replace("CREATE TABLE TagCache", "CREATE TABLE tc.TagCache"))
-            conn.execute("ATTACH DATABASE ? AS mi", (os.path.join(directory, FILE_INDEX_FILENAME),))
             conn.executescript(
                 FILE_INDEX_SQL.replace("EXISTS Files", "EXISTS mi.Files")
                 .replace("EXISTS FilesSOPIndex", "EXISTS mi.FilesSOPIndex")
                 .replace("EXISTS Info", "EXISTS mi.Info")
             )
+            for schema in ("main", "tc", "mi"):
+                conn.execute(f"PRAGMA {schema}.synchronous = {int(default_sync)}")
         except sqlite3.Error as error:
             conn.close()
             self._conn = None
@@ -637,7 +646,7 @@ class DicomDatabase:
         )
 
     def _value_from_file(self, file_name: str, sop: str, tag: str) -> str:
-        from MedSegLib.dicom.indexer import read_tag_from_file
+        from MedSegLib.dicom.header_reader import read_tag_from_file
 
         value = read_tag_from_file(file_name, tag)
         if sop and value is not None:

@@ -1,14 +1,9 @@
-"""Headless DICOM import: folder walk, fast parallel header reading, import summary.
+"""Headless DICOM import: folder walk, parallel header reading, database insertion, import summary.
 
-Why a hand-written header walker: ``pydicom.dcmread(stop_before_pixels=True)`` builds a full
-``Dataset`` (hundreds of elements, private blocks, sequences) and manages a few hundred files/s per
-core; indexing only needs about 60 top-level elements (measured ~6-10x faster, see
-``Testing/benchmarks/bench_dicom_import.py``). The walker below reads element headers, keeps the
-values of ``CACHED_TAGS``, skips everything else by length, and stops at Pixel Data, which it
-also checks for truncation (a check ``stop_before_pixels`` cannot do). Values are converted to
-the same strings pydicom gives (multi-values joined with ``\\``), so ``fileValue`` answers are
-identical whether they come from the cache or from pydicom. Transfer syntaxes the walker does
-not handle (big endian, deflated) fall back to pydicom.
+Headers are read by ``MedSegLib.dicom.header_reader`` (a byte walker, see there); this module walks
+folders, skips files whose path, size and mtime did not change since the last import, reads headers
+in a process pool (or threads inside Slicer), and writes what CTK's ``ctkDICOMDatabase::insert`` writes
+(Patients, Studies, Series, Images, tag cache) in few large transactions.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import struct
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -34,539 +29,22 @@ from MedSegLib.dicom.database import (
     now_timestamp,
     utc_timestamp,
 )
+from MedSegLib.dicom.header_reader import (  # noqa: F401 - re-exported: the importer's public names
+    CACHED_KEYS,
+    CACHED_TAGS,
+    HEADER_TAGS,
+    TAG_KEYWORDS,
+    DicomReadError,
+    HeaderRecord,
+    NotDicomError,
+    cache_json,
+    element_to_string,
+    read_header,
+    read_tag_from_file,
+)
 
 if TYPE_CHECKING:
     from MedSegLib.dicom.database import DicomDatabase
-
-# --------------------------------------------------------------------------------------
-# Tags cached per instance (TagCache keys are "GGGG,EEEE", upper-case hex, as CTK writes them)
-# --------------------------------------------------------------------------------------
-
-#: keyword -> (tag key, VR used when the file is implicit VR). What the series splitter and loader ask for
-#: (geometry, acquisition parameters, display and rescale), what CTK's browser shows, and the character set.
-#: Kept short on purpose: every entry is one TagCache row per instance, the main cost of an import.
-CACHED_TAGS: Dict[str, Tuple[str, str]] = {
-    "TransferSyntaxUID": ("0002,0010", "UI"),
-    "SpecificCharacterSet": ("0008,0005", "CS"),
-    "ImageType": ("0008,0008", "CS"),
-    "SOPClassUID": ("0008,0016", "UI"),
-    "SOPInstanceUID": ("0008,0018", "UI"),
-    "StudyDate": ("0008,0020", "DA"),
-    "SeriesDate": ("0008,0021", "DA"),
-    "StudyTime": ("0008,0030", "TM"),
-    "SeriesTime": ("0008,0031", "TM"),
-    "AcquisitionTime": ("0008,0032", "TM"),
-    "ContentTime": ("0008,0033", "TM"),
-    "AccessionNumber": ("0008,0050", "SH"),
-    "Modality": ("0008,0060", "CS"),
-    "ModalitiesInStudy": ("0008,0061", "CS"),
-    "Manufacturer": ("0008,0070", "LO"),
-    "InstitutionName": ("0008,0080", "LO"),
-    "ReferringPhysicianName": ("0008,0090", "PN"),
-    "StudyDescription": ("0008,1030", "LO"),
-    "SeriesDescription": ("0008,103E", "LO"),
-    "PerformingPhysicianName": ("0008,1050", "PN"),
-    "PatientName": ("0010,0010", "PN"),
-    "PatientID": ("0010,0020", "LO"),
-    "PatientBirthDate": ("0010,0030", "DA"),
-    "PatientBirthTime": ("0010,0032", "TM"),
-    "PatientSex": ("0010,0040", "CS"),
-    "PatientAge": ("0010,1010", "AS"),
-    "PatientComments": ("0010,4000", "LT"),
-    "ContrastBolusAgent": ("0018,0010", "LO"),
-    "BodyPartExamined": ("0018,0015", "CS"),
-    "ScanningSequence": ("0018,0020", "CS"),
-    "MRAcquisitionType": ("0018,0023", "CS"),
-    "SliceThickness": ("0018,0050", "DS"),
-    "RepetitionTime": ("0018,0080", "DS"),
-    "EchoTime": ("0018,0081", "DS"),
-    "InversionTime": ("0018,0082", "DS"),
-    "EchoNumbers": ("0018,0086", "IS"),
-    "SpacingBetweenSlices": ("0018,0088", "DS"),
-    "TriggerTime": ("0018,1060", "DS"),
-    "GantryDetectorTilt": ("0018,1120", "DS"),
-    "FlipAngle": ("0018,1314", "DS"),
-    "DiffusionBValue": ("0018,9087", "FD"),
-    "DiffusionGradientOrientation": ("0018,9089", "FD"),
-    "StudyInstanceUID": ("0020,000D", "UI"),
-    "SeriesInstanceUID": ("0020,000E", "UI"),
-    "StudyID": ("0020,0010", "SH"),
-    "SeriesNumber": ("0020,0011", "IS"),
-    "AcquisitionNumber": ("0020,0012", "IS"),
-    "InstanceNumber": ("0020,0013", "IS"),
-    "ImagePositionPatient": ("0020,0032", "DS"),
-    "ImageOrientationPatient": ("0020,0037", "DS"),
-    "FrameOfReferenceUID": ("0020,0052", "UI"),
-    "TemporalPositionIdentifier": ("0020,0100", "IS"),
-    "SamplesPerPixel": ("0028,0002", "US"),
-    "PhotometricInterpretation": ("0028,0004", "CS"),
-    "NumberOfFrames": ("0028,0008", "IS"),
-    "Rows": ("0028,0010", "US"),
-    "Columns": ("0028,0011", "US"),
-    "PixelSpacing": ("0028,0030", "DS"),
-    "BitsAllocated": ("0028,0100", "US"),
-    "PixelRepresentation": ("0028,0103", "US"),
-    "WindowCenter": ("0028,1050", "DS"),
-    "WindowWidth": ("0028,1051", "DS"),
-    "RescaleIntercept": ("0028,1052", "DS"),
-    "RescaleSlope": ("0028,1053", "DS"),
-}
-
-#: tag key -> keyword (for reports)
-TAG_KEYWORDS: Dict[str, str] = {key: kw for kw, (key, _vr) in CACHED_TAGS.items()}
-
-_TAG_INT: Dict[int, Tuple[str, str]] = {
-    int(key[:4], 16) << 16 | int(key[5:], 16): (key, vr) for key, vr in CACHED_TAGS.values()
-}
-_MAX_DATASET_TAG = max(t for t in _TAG_INT if t >> 16 != 0x0002)
-
-UNDEFINED_LENGTH = 0xFFFFFFFF
-_CHUNK = 32768
-_SHORT_VRS = frozenset(
-    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS"}
-    | {b"ST", b"TM", b"UI", b"UL", b"US"}
-)
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_VR_HEADER = {**{vr: 8 for vr in _SHORT_VRS}, **{vr: 12 for vr in _LONG_VRS}}
-_BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
-_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
-_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-_SIMPLE_CHARSETS = ("", "ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6")
-_STRIP_BOTH = frozenset({"DS", "IS", "AE"})
-_STRIP_EACH = frozenset({"LO", "SH", "UC"})
-_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
-_unpack_from = struct.unpack_from
-_S_EXPLICIT = struct.Struct("<HH2sHI").unpack_from
-_S_IMPLICIT = struct.Struct("<HHI").unpack_from
-
-
-class NotDicomError(Exception):
-    """The file is not a DICOM instance (or is a DICOMDIR): skipped, counted, never fatal."""
-
-
-class DicomReadError(Exception):
-    """The file looks like DICOM but cannot be indexed (truncated, corrupt): reported with its reason."""
-
-
-@dataclasses.dataclass
-class HeaderRecord:
-    """What the indexer keeps of one file: cached tag values and pixel-data facts."""
-
-    values: Dict[str, str]
-    has_pixel_data: bool
-    media_sop_instance_uid: str = ""
-
-
-class _Reader:
-    """Buffered random access that reads element headers and wanted values, never skipped bytes."""
-
-    __slots__ = ("f", "buf", "start", "size")
-
-    def __init__(self, f, size: int) -> None:
-        self.f = f
-        self.size = size
-        self.buf = b""
-        self.start = 0
-
-    def at(self, pos: int, n: int) -> Tuple[bytes, int]:
-        """Return (buffer, offset) such that buffer[offset:offset+n] is the file's [pos, pos+n)."""
-        off = pos - self.start
-        if off >= 0 and off + n <= len(self.buf):
-            return self.buf, off
-        pad = 0
-        if pos + n > self.size:
-            if pos + 8 > self.size:
-                raise DicomReadError(f"truncated: needs bytes {pos}..{pos + n} but the file has {self.size}")
-            pad = pos + n - self.size  # an element header at the very end: zero-pad its unused long length
-        self.f.seek(pos)
-        self.buf = self.f.read(max(n, _CHUNK))
-        self.start = pos
-        if len(self.buf) < n - pad:
-            raise DicomReadError(f"truncated: short read at byte {pos}")
-        if pad:
-            self.buf += b"\x00" * pad
-        return self.buf, 0
-
-
-def _is_vr(b: bytes) -> bool:
-    return len(b) == 2 and 65 <= b[0] <= 90 and 65 <= b[1] <= 90
-
-
-def _skip_undefined(reader: _Reader, pos: int, implicit: bool) -> int:
-    """Walk an undefined-length sequence (or encapsulated pixel data) and return the position after it."""
-    stack: List[bool] = [implicit]  # one entry per open sequence/item; value = implicit VR inside
-    size = reader.size
-    while stack:
-        if pos + 8 > size:
-            raise DicomReadError(f"truncated inside a sequence at byte {pos} (file has {size} bytes)")
-        buf, off = reader.at(pos, 12 if pos + 12 <= size else 8)
-        group, elem, length = _unpack_from("<HHI", buf, off)
-        if group == 0xFFFE:
-            pos += 8
-            if elem == 0xE000:  # item
-                if length == UNDEFINED_LENGTH:
-                    stack.append(stack[-1])
-                else:
-                    pos += length
-            elif elem in (0xE0DD, 0xE00D):  # sequence / item delimiter
-                stack.pop()
-            else:
-                raise DicomReadError(f"corrupt sequence: unexpected tag (FFFE,{elem:04X}) at byte {pos - 8}")
-            continue
-        inner_implicit = stack[-1]
-        if inner_implicit:
-            header = 8
-            vr = b""
-        else:
-            vr = buf[off + 4 : off + 6]
-            if not _is_vr(vr):
-                raise DicomReadError(f"corrupt element ({group:04X},{elem:04X}) at byte {pos}: invalid VR")
-            if vr in _LONG_VRS:
-                length = _unpack_from("<I", buf, off + 8)[0]
-                header = 12
-            else:
-                length = _unpack_from("<H", buf, off + 6)[0]
-                header = 8
-        pos += header
-        if length == UNDEFINED_LENGTH:
-            stack.append(inner_implicit or vr == b"UN")
-        else:
-            pos += length
-        if pos > size:
-            raise DicomReadError(f"truncated: element ({group:04X},{elem:04X}) runs past the end of the file")
-    return pos
-
-
-def _decode_text(raw: bytes, vr: str, charset: str) -> str:
-    """Decode a text value like pydicom does (same stripping, '\\' kept as the separator)."""
-    if vr in _CHARSET_VRS and charset not in _SIMPLE_CHARSETS:
-        if charset == "ISO_IR 192":
-            text = raw.decode("utf-8", "replace")
-        else:
-            from pydicom.charset import convert_encodings, decode_bytes
-            from pydicom.values import TEXT_VR_DELIMS
-
-            text = decode_bytes(raw, convert_encodings(charset.split("\\")), TEXT_VR_DELIMS)
-    else:
-        text = raw.decode("latin-1")
-    if vr in _STRIP_BOTH:
-        if "\\" not in text:
-            return text.strip()
-        return "\\".join(part.strip() for part in text.split("\\"))
-    if vr in _STRIP_EACH and "\\" in text:
-        return "\\".join(part.rstrip("\x00 ") for part in text.split("\\"))
-    return text.rstrip(" \x00")
-
-
-def _convert(raw: bytes, vr: str, charset: str) -> str:
-    """Convert one element value to the string pydicom shows (numbers via Python's ``str``)."""
-    fmt = _BINARY_FORMATS.get(vr)
-    if fmt is None:
-        return _decode_text(raw, vr, charset)
-    size = struct.calcsize(fmt)
-    count = len(raw) // size
-    values = struct.unpack(f"<{count}{fmt}", raw[: count * size])
-    return "\\".join(str(v) for v in values)
-
-
-def read_header(path: str, file_size: Optional[int] = None) -> HeaderRecord:
-    """Read the cached tags of one file without reading pixel values.
-
-    Raises ``NotDicomError`` for non-DICOM files and DICOMDIRs, ``DicomReadError`` (one-line reason) for
-    truncated or corrupt DICOM files.
-    """
-    try:
-        f = open(path, "rb")
-    except OSError as error:
-        raise DicomReadError(f"cannot open: {error.strerror or error}") from None
-    with f:
-        if file_size is None:
-            file_size = os.fstat(f.fileno()).st_size
-        head = f.read(_CHUNK)
-        reader = _Reader(f, file_size)
-        reader.buf = head
-        return _walk(reader, head, path)
-
-
-def _walk(reader: _Reader, head: bytes, path: str) -> HeaderRecord:
-    size = reader.size
-    if size == 0:
-        raise NotDicomError("empty file")
-    raw_values: Dict[int, Tuple[bytes, str]] = {}
-    transfer_syntax = ""
-    media_sop_class = ""
-    media_sop_instance = ""
-    has_meta = len(head) >= 132 and head[128:132] == b"DICM"
-    if has_meta:
-        pos = 132
-        meta_implicit = not _is_vr(head[136:138]) if len(head) >= 138 else False
-        while pos + 8 <= size:
-            buf, off = reader.at(pos, 12 if pos + 12 <= size else 8)
-            group, elem = _unpack_from("<HH", buf, off)
-            if group != 0x0002:
-                break
-            if meta_implicit:
-                length = _unpack_from("<I", buf, off + 4)[0]
-                header = 8
-            else:
-                vr = buf[off + 4 : off + 6]
-                if vr in _LONG_VRS:
-                    length = _unpack_from("<I", buf, off + 8)[0]
-                    header = 12
-                else:
-                    length = _unpack_from("<H", buf, off + 6)[0]
-                    header = 8
-            if length == UNDEFINED_LENGTH or pos + header + length > size:
-                raise DicomReadError("corrupt or truncated file meta information (group 0002)")
-            if elem in (0x0002, 0x0003, 0x0010):
-                vbuf, voff = reader.at(pos + header, length)
-                value = vbuf[voff : voff + length].decode("latin-1").rstrip(" \x00")
-                if elem == 0x0010:
-                    transfer_syntax = value
-                elif elem == 0x0002:
-                    media_sop_class = value
-                else:
-                    media_sop_instance = value
-            pos += header + length
-        if media_sop_class == _DICOMDIR_CLASS:
-            raise NotDicomError("DICOMDIR (media storage directory), not an image")
-    else:
-        # No preamble: DCMTK (and so Slicer) accepts a bare data set that starts in group 0008.
-        if len(head) < 8 or _unpack_from("<H", head, 0)[0] != 0x0008 or _unpack_from("<H", head, 2)[0] > 0x00FF:
-            raise NotDicomError("no DICOM preamble ('DICM' at byte 128)")
-        if _is_vr(head[4:6]):
-            transfer_syntax = "1.2.840.10008.1.2.1"
-        else:
-            if _unpack_from("<I", head, 4)[0] > size:
-                raise NotDicomError("no DICOM preamble ('DICM' at byte 128)")
-            transfer_syntax = _IMPLICIT_LE
-        pos = 0
-    if transfer_syntax == _EXPLICIT_BE or transfer_syntax in _DEFLATED:
-        return _read_with_pydicom(path, transfer_syntax, media_sop_instance)
-    implicit = transfer_syntax == _IMPLICIT_LE
-    if pos + 6 <= size:
-        buf, off = reader.at(pos, 6)
-        looks_explicit = _is_vr(buf[off + 4 : off + 6])
-        implicit = not looks_explicit  # pydicom also trusts the bytes over the meta header here
-    has_pixel_data = False
-    group = elem = length = header = 0
-    truncated = False
-    wanted = _TAG_INT
-    limit = _MAX_DATASET_TAG
-    shortcut_tried = False
-    vr_header = _VR_HEADER
-    unpack_explicit = _S_EXPLICIT
-    unpack_implicit = _S_IMPLICIT
-    buf = reader.buf
-    bstart = reader.start
-    blen = len(buf)
-    while True:
-        off = pos - bstart
-        if off < 0 or off + 12 > blen:
-            if pos + 8 > size:
-                break
-            buf, off = reader.at(pos, 12)
-            bstart = reader.start
-            blen = len(buf)
-        if implicit:
-            group, elem, length = unpack_implicit(buf, off)
-            header = 8
-            vr_bytes = b""
-        else:
-            group, elem, vr_bytes, length, long_length = unpack_explicit(buf, off)
-            header = vr_header.get(vr_bytes, 0)
-            if header == 12:
-                length = long_length
-            elif not header:
-                raise DicomReadError(f"corrupt element ({group:04X},{elem:04X}) at byte {pos}: invalid VR")
-        tag = group << 16 | elem
-        if tag > limit:
-            if group == 0xFFFE:
-                raise DicomReadError(f"corrupt data set: item tag (FFFE,{elem:04X}) at top level, byte {pos}")
-            if tag in _PIXEL_TAGS:
-                has_pixel_data = True
-                _check_pixel_element(reader, pos, header, length, elem)
-                break
-            if tag > 0x7FE00010:
-                break  # past Pixel Data (padding, signatures): nothing left to find
-            if not shortcut_tried:
-                shortcut_tried = True
-                if _find_pixel_data(reader, pos, implicit):
-                    has_pixel_data = True
-                    break
-                limit = 0x7FE00007
-                buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
-                continue
-        if length == UNDEFINED_LENGTH:
-            pos = _skip_undefined(reader, pos + header, implicit or vr_bytes == b"UN")
-            buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
-            continue
-        if tag in wanted:
-            if pos + header + length > size:
-                truncated = True
-                break
-            dict_vr = wanted[tag][1]
-            vr = vr_bytes.decode("ascii") if vr_bytes else dict_vr
-            if vr in ("UN", "OB", "OW"):
-                vr = dict_vr
-            vstart = off + header
-            if vstart + length <= blen:
-                raw_values[tag] = (buf[vstart : vstart + length], vr)
-            else:
-                vbuf, voff = reader.at(pos + header, length)
-                raw_values[tag] = (vbuf[voff : voff + length], vr)
-                buf, bstart, blen = reader.buf, reader.start, len(reader.buf)
-        pos += header + length
-    if truncated or pos > size:  # an element's declared length runs past the end of the file
-        raise DicomReadError(
-            f"truncated: element ({group:04X},{elem:04X}) declares {length} bytes, the file ends at byte {size}"
-        )
-    charset = ""
-    if 0x00080005 in raw_values:
-        charset = raw_values[0x00080005][0].decode("latin-1").strip(" \x00")
-        # pydicom uses the first value for single-byte text; multi-valued (ISO 2022) go through pydicom
-    values: Dict[str, str] = {}
-    if transfer_syntax and has_meta:
-        values["0002,0010"] = transfer_syntax  # as in the file meta; a bare data set has none
-    for tag, (raw, vr) in raw_values.items():
-        if not raw:
-            continue
-        text = _convert(raw, vr, charset)
-        if text:
-            values[wanted[tag][0]] = text
-    return HeaderRecord(values, has_pixel_data, media_sop_instance)
-
-
-def _check_pixel_element(reader: _Reader, pos: int, header: int, length: int, elem: int) -> None:
-    """Pixel data must be complete: a defined length must fit in the file, fragments must end."""
-    size = reader.size
-    if length == UNDEFINED_LENGTH:
-        try:
-            _skip_undefined(reader, pos + header, True)
-        except DicomReadError as error:
-            raise DicomReadError(f"truncated pixel data (encapsulated fragments): {error}") from None
-    elif pos + header + length > size:
-        raise DicomReadError(
-            f"truncated pixel data: (7FE0,{elem:04X}) declares {length} bytes, {max(0, size - pos - header)} remain"
-        )
-
-
-_PIXEL_TAG_BYTES = b"\xe0\x7f\x10\x00"
-_SEARCH_LIMIT = 4 * 1024 * 1024
-
-
-def _find_pixel_data(reader: _Reader, pos: int, implicit: bool) -> Optional[bool]:
-    """Shortcut past the last cached tag: locate the (7FE0,0010) header by its bytes and check it.
-
-    Walking the private groups (Siemens CSA, GE 0043) element by element costs more than the rest of the
-    header. A candidate counts only if its VR/length are consistent with being the last element; anything
-    doubtful returns ``None`` and the caller walks element by element (exact, slower).
-    """
-    size = reader.size
-    search_from = pos
-    while search_from < size and search_from - pos < _SEARCH_LIMIT:
-        buf, off = reader.at(search_from, min(_CHUNK, size - search_from))
-        idx = buf.find(_PIXEL_TAG_BYTES, off)
-        if idx < 0:
-            if reader.start + len(buf) >= size:
-                return None  # no Pixel Data bytes at all: let the exact walk decide (rare)
-            search_from = reader.start + len(buf) - 3
-            continue
-        cand = reader.start + idx
-        if cand + 12 > size:
-            return None
-        cbuf, coff = reader.at(cand, 12)
-        if implicit:
-            length = _unpack_from("<I", cbuf, coff + 4)[0]
-            header = 8
-        else:
-            vr = cbuf[coff + 4 : coff + 6]
-            if vr not in (b"OB", b"OW") or cbuf[coff + 6 : coff + 8] != b"\x00\x00":
-                search_from = cand + 1
-                continue
-            length = _unpack_from("<I", cbuf, coff + 8)[0]
-            header = 12
-        remaining = size - cand - header
-        if length == UNDEFINED_LENGTH:
-            if implicit:
-                return None
-            _check_pixel_element(reader, cand, header, length, 0x0010)
-            return True
-        if length == remaining:
-            return True
-        if length > remaining:
-            if implicit:
-                return None
-            _check_pixel_element(reader, cand, header, length, 0x0010)
-        search_from = cand + 1
-    return None
-
-
-def _read_with_pydicom(path: str, transfer_syntax: str, media_sop_instance: str) -> HeaderRecord:
-    """Fallback for big-endian and deflated files: pydicom parses them; same string conversion."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, defer_size=256)
-    except InvalidDicomError as error:
-        raise NotDicomError(str(error).splitlines()[0]) from None
-    except Exception as error:  # noqa: BLE001 - any parser failure is a per-file report, never fatal
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise DicomReadError(f"unreadable ({type(error).__name__}: {first_line})") from None
-    values = {"0002,0010": transfer_syntax}
-    for tag_int, (key, _vr) in _TAG_INT.items():
-        if tag_int >> 16 == 0x0002:
-            continue
-        elem = ds.get(tag_int)
-        if elem is None:
-            continue
-        text = element_to_string(elem.value)
-        if text:
-            values[key] = text
-    has_pixels = any(t in ds for t in _PIXEL_TAGS)
-    return HeaderRecord(values, has_pixels, media_sop_instance)
-
-
-def element_to_string(value: object) -> str:
-    """The string form used everywhere (cache, ``fileValue``) for a pydicom element value."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(element_to_string(v) for v in value)  # type: ignore[union-attr]
-    if isinstance(value, bytes):
-        return value.decode("latin-1").rstrip(" \x00")
-    return str(value)
-
-
-def read_tag_from_file(path: str, tag: str) -> Optional[str]:
-    """Any tag's value from a file with pydicom (for tags outside the cache); None if unreadable."""
-    import pydicom
-
-    try:
-        group, element = (int(part, 16) for part in tag.split(","))
-    except ValueError:
-        return None
-    tag_int = group << 16 | element
-    try:
-        if group == 0x0002:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[])
-            elem = ds.file_meta.get(tag_int)
-        else:
-            ds = pydicom.dcmread(path, stop_before_pixels=tag_int < 0x7FE00000, specific_tags=[tag_int])
-            elem = ds.get(tag_int)
-    except Exception:  # noqa: BLE001 - CTK answers "" for unreadable files
-        return None
-    if elem is None:
-        return ""
-    try:
-        return element_to_string(elem.value)
-    except Exception:  # noqa: BLE001
-        return None
-
 
 # --------------------------------------------------------------------------------------
 # Folder walk and parallel parsing
@@ -574,7 +52,8 @@ def read_tag_from_file(path: str, tag: str) -> Optional[str]:
 
 #: (path, size, mtime_ns)
 FileEntry = Tuple[str, int, int]
-#: (path, size, mtime_ns, kind, payload); kind "ok" -> (values, has_pixel_data, media_sop_uid); else reason
+#: (path, size, mtime_ns, kind, payload); kind "ok" -> (values, has_pixel_data, media_sop_uid, cache_json(values)),
+#: else the reason
 ParseResult = Tuple[str, int, int, str, object]
 
 KIND_OK = "ok"
@@ -626,9 +105,8 @@ def parse_files(entries: Sequence[FileEntry]) -> List[ParseResult]:
     for path, size, mtime in entries:
         try:
             record = read_header(path, size)
-            results.append(
-                (path, size, mtime, KIND_OK, (record.values, record.has_pixel_data, record.media_sop_instance_uid))
-            )
+            payload = (record.values, record.has_pixel_data, record.media_sop_instance_uid, record.cache_json)
+            results.append((path, size, mtime, KIND_OK, payload))
         except NotDicomError as error:
             results.append((path, size, mtime, KIND_NON_DICOM, str(error)))
         except DicomReadError as error:
@@ -660,9 +138,14 @@ def choose_mode(n_files: int, mode: str = "auto", workers: Optional[int] = None)
 
 
 def iter_parsed(
-    entries: Sequence[FileEntry], mode: str, workers: int, chunk_size: int = 128
+    entries: Sequence[FileEntry], mode: str, workers: int, chunk_size: int = 256, ahead: int = 0
 ) -> Iterator[List[ParseResult]]:
-    """Parse files in chunks, serially or in a pool; yields chunks in submission order."""
+    """Parse files in chunks, serially or in a pool; yields chunks in submission order.
+
+    Up to ``max(ahead, 4 * workers * chunk_size)`` files are in flight, so that workers keep reading while
+    the caller writes a batch into the database. Each worker keeps its own layout template (see
+    ``header_reader``), which is why chunks are runs of consecutive files.
+    """
     chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
     if mode == "serial" or not chunks:
         for chunk in chunks:
@@ -677,7 +160,7 @@ def iter_parsed(
         context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        window = workers * 4
+        window = max(workers * 4, -(-ahead // chunk_size) + workers * 2)
         futures = [executor.submit(parse_files, chunk) for chunk in chunks[:window]]
         next_chunk = len(futures)
         index = 0
@@ -834,7 +317,9 @@ class _Inserter:
         }
         self.studies = {row[0] for row in conn.execute("SELECT StudyInstanceUID FROM Studies")}
         self.series = {row[0] for row in conn.execute("SELECT SeriesInstanceUID FROM Series")}
-        self.cached_sops = {row[0] for row in conn.execute("SELECT DISTINCT SOPInstanceUID FROM tc.TagCache")}
+        # stale rows of an instance indexed again (also tags Slicer cached) are deleted before its new rows; an
+        # empty cache (a new database) needs no deletes
+        self.cache_had_rows = conn.execute("SELECT 1 FROM tc.TagCache LIMIT 1").fetchone() is not None
         # SOPInstanceUID -> source path of the file that holds it
         self.owner: Dict[str, str] = {}
         for sop, name in conn.execute("SELECT SOPInstanceUID, Filename FROM Images"):
@@ -847,6 +332,8 @@ class _Inserter:
         self.touched_patients: set = set()
         self.timestamp = now_timestamp()
         self.displayed_timestamp = utc_timestamp()
+        self.json_rows = _sqlite_has_json(conn)
+        self.prefix = db.databaseDirectory() + "/"  # Images.Filename is relative inside the database folder
 
     def _remove_instance(self, sop: str) -> None:
         conn = self.conn
@@ -857,13 +344,13 @@ class _Inserter:
             if row[1] and not os.path.isabs(row[1]):
                 self.db._remove_copy(self.db.absolute_path(row[1]))
         conn.execute("DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", (sop,))
-        self.cached_sops.discard(sop)
         self.owner.pop(sop, None)
 
     def add_chunk(self, results: List[ParseResult]) -> None:
         conn = self.conn
         summary = self.summary
         tag_rows: List[Tuple[str, str, str]] = []
+        json_rows: List[Tuple[str, str]] = []
         image_rows: List[Tuple[str, str, str, str, str, str]] = []
         file_rows: List[Tuple[str, int, int, str, Optional[str], Optional[int], Optional[str]]] = []
         conn.execute("BEGIN")
@@ -882,9 +369,13 @@ class _Inserter:
                     summary.failed.append((path, str(payload)))
                     file_rows.append((path, size, mtime, STATUS_FAILED, None, None, str(payload)))
                     continue
-                values, has_pixels, media_sop = payload  # type: ignore[misc]
-                status, sop = self._add_instance(path, values, has_pixels, media_sop, tag_rows, image_rows)
+                values, has_pixels, media_sop, text = payload  # type: ignore[misc]
+                status, sop = self._add_instance(path, values, has_pixels, media_sop, image_rows)
                 if status == STATUS_INDEXED:
+                    if text is not None and self.json_rows:
+                        json_rows.append((sop, text))
+                    else:
+                        tag_rows.extend((sop, key, values[key]) for key in CACHED_KEYS if key in values)
                     if previous and previous[2] == STATUS_INDEXED:
                         summary.updated += 1
                     else:
@@ -911,6 +402,14 @@ class _Inserter:
                 "DisplayedFieldsUpdatedTimestamp) VALUES (?, ?, ?, ?, ?, ?)",
                 image_rows,
             )
+            # the TagCache primary-key index is the largest cost of an import: rows go in sorted, and with
+            # SQLite's json_each one statement per instance expands its {tag: value} object into rows
+            if self.cache_had_rows:
+                conn.executemany(
+                    "DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", [(row[0],) for row in image_rows]
+                )
+            json_rows.sort()
+            conn.executemany("INSERT INTO tc.TagCache SELECT ?1, key, value FROM json_each(?2)", json_rows)
             tag_rows.sort()
             conn.executemany("INSERT INTO tc.TagCache VALUES (?, ?, ?)", tag_rows)
             conn.executemany("INSERT OR REPLACE INTO mi.Files VALUES (?, ?, ?, ?, ?, ?, ?)", file_rows)
@@ -925,30 +424,30 @@ class _Inserter:
         values: Dict[str, str],
         has_pixels: bool,
         media_sop: str,
-        tag_rows: List[Tuple[str, str, str]],
         image_rows: List[Tuple[str, str, str, str, str, str]],
     ) -> Tuple[str, str]:
         get = values.get
-        folder = os.path.dirname(path)
         derived = False
         sop = get("0008,0018") or media_sop
         if not sop:
             sop = _derived_uid("sop", path)
             derived = True
         study = get("0020,000D", "")
-        patient_key = (get("0010,0020", ""), get("0010,0010", ""), get("0010,0030", ""))
+        series = get("0020,000E", "")
+        folder = "" if study and series else os.path.dirname(path)
         if not study:
             study = _derived_uid(
                 "study",
                 folder,
-                *patient_key,
+                get("0010,0020", ""),
+                get("0010,0010", ""),
+                get("0010,0030", ""),
                 get("0008,0020", ""),
                 get("0008,0030", ""),
                 get("0020,0010", ""),
                 get("0008,0050", ""),
             )
             derived = True
-        series = get("0020,000E", "")
         if not series:
             series = _derived_uid(
                 "series",
@@ -976,12 +475,12 @@ class _Inserter:
         if self.copy_files:
             filename = self.db.copy_into_storage(path, study, series, sop)
             self.summary.copied += 1
-        if sop in self.cached_sops:
-            self.conn.execute("DELETE FROM tc.TagCache WHERE SOPInstanceUID = ?", (sop,))
-            self.cached_sops.discard(sop)
         # displayed fields are recounted in finish(): stamp them so Slicer does not redo it per instance
-        image_rows.append((sop, self.db.internal_path(filename), "", series, self.timestamp, self.displayed_timestamp))
-        tag_rows.extend((sop, tag, value) for tag, value in values.items())
+        if not (filename.startswith("/") and "/." not in filename and "//" not in filename):
+            filename = self.db.internal_path(filename)
+        elif filename.startswith(self.prefix):  # an absolute, normalised path (walk_files): no abspath needed
+            filename = filename[len(self.prefix) :]
+        image_rows.append((sop, filename, "", series, self.timestamp, self.displayed_timestamp))
         self.owner[sop] = path
         self.touched_series.add(series)
         return STATUS_INDEXED, sop
@@ -1094,6 +593,14 @@ class _Inserter:
             raise
 
 
+def _sqlite_has_json(conn: sqlite3.Connection) -> bool:
+    """SQLite's JSON functions are built in since 3.38 (Python 3.11+ ships newer); older builds may lack them."""
+    try:
+        return conn.execute("""SELECT COUNT(*) FROM json_each('{"a":"b"}')""").fetchone()[0] == 1
+    except sqlite3.Error:
+        return False
+
+
 def _reason_class(reason: str) -> str:
     """Group non-DICOM reasons for the summary ("DICOMDIR", "not DICOM", ...)."""
     if reason.startswith("DICOMDIR"):
@@ -1115,7 +622,7 @@ def import_paths(
     mode: str = "auto",
     workers: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
-    chunk_size: int = 128,
+    chunk_size: int = 256,
     commit_every: int = 2048,
     durable: bool = False,
 ) -> ImportSummary:
@@ -1168,11 +675,11 @@ def import_paths(
         conn.execute(f"PRAGMA {name}.cache_size = -65536")  # 64 MB: the TagCache index stays in memory
         if not durable:
             conn.execute(f"PRAGMA {name}.synchronous = OFF")
-    db.record_cached_tags([key for key, _vr in CACHED_TAGS.values()])
+    db.record_cached_tags(CACHED_KEYS)
     try:
         pending: List[ParseResult] = []
         try:
-            for results in iter_parsed(to_parse, summary.mode, summary.workers, chunk_size):
+            for results in iter_parsed(to_parse, summary.mode, summary.workers, chunk_size, ahead=commit_every):
                 pending.extend(results)
                 if len(pending) >= commit_every:
                     inserter.add_chunk(pending)
