@@ -112,7 +112,9 @@ def test_liver_from_one_seed_abdomen(abdomen, method):
 
 
 def test_contrast_ct_liver_and_bone(contrast):
-    """Contrast CT: liver from one seed; bone is reported (enhanced aorta and discs lower it)."""
+    """Contrast CT: liver from one seed; bone is reported. The contrast-filled aorta and the spinal canal are
+    removed by the preset; calcified costal cartilage and the bone-dense end plates / discs (unlabelled
+    in TotalSegmentator's skeleton) remain and keep the Dice near 0.7."""
     from MedSegLib.segmentation import run_method
 
     hu, ijk_to_ras, labels, names = contrast
@@ -126,4 +128,4 @@ def test_contrast_ct_liver_and_bone(contrast):
     bone = run_method(hu, ijk_to_ras, "bone")[0].mask
     bone_dice = dice(bone, _union(labels, names, lambda n: n.startswith(SKELETAL_PREFIXES)))
     _record("contrast-2mm", "bone", "preset bone", bone_dice)
-    assert bone_dice >= 0.6
+    assert bone_dice >= 0.68

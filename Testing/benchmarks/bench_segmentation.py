@@ -3,7 +3,8 @@
 For each method, in the same run on the same synthetic CT (default 300 x 512 x 512 int16, the MedSeg
 phantom), side by side:
 - ``bare``: the SimpleITK filter(s) the method is built on, called directly on a prepared sitk image;
-- ``medseg``: ``run_method`` on the numpy volume (incl. the numpy->sitk copy, seed conversion, validation);
+- ``medseg``: ``run_method`` on the numpy volume (incl. the numpy->sitk copy - into MedSeg's reused staging
+  image after the warm-up run -, seed conversion, validation);
 - ``node``: ``segment_volume_node`` on a volume node (incl. writing the segment into a segmentation node).
 Overhead = medseg / bare - 1 (target <= 10 %); every timing follows one untimed warm-up run. Peak memory
 above the resident volume (``run_method``, in a forked child) is reported as a multiple of the input volume's
@@ -102,7 +103,11 @@ def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, floa
         "multi-otsu": multi_otsu,
         "region-growing": lambda: sitk.ConnectedThreshold(image, seedList=[seed_ijk], lower=lower, upper=upper),
         "confidence-connected": lambda: sitk.ConfidenceConnected(
-            image, seedList=[seed_ijk], numberOfIterations=4, multiplier=2.5, initialNeighborhoodRadius=1
+            image,
+            seedList=[seed_ijk],
+            numberOfIterations=4,
+            multiplier=2.5,
+            initialNeighborhoodRadius=int(stats["cc_radius"]),  # MedSeg's 3 mm default in voxels
         ),
         "watershed": watershed,
         "fast-marching": fast_marching,
@@ -174,6 +179,7 @@ def main(argv: List[str] | None = None) -> int:
     gradient = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 1.5))
     k1, k2 = float(np.percentile(gradient[::4, ::4, ::4], 50)), float(np.percentile(gradient[::4, ::4, ::4], 95))
     stats = {"lower": lower, "upper": upper, "alpha": (k2 - k1) / 6.0, "beta": (k1 + k2) / 2.0}
+    stats["cc_radius"] = max(1, int(round(3.0 / float(min(ctx.spacing_ijk)))))
     del gradient
     bare = bare_calls(image, seed_ijk, stats)
     volume_node = None if args.skip_node else add_volume_node(hu, ijk_to_ras, "bench", runtime.scene)

@@ -150,7 +150,7 @@ def post_process(ctx: SegmentationContext, segments: List[SegmentMask], post: Ma
         if post.get("hollow_mm"):
             mask = postprocess.hollow(mask, post["hollow_mm"], spacing)
         if ctx.mask is not None:
-            mask &= ctx.mask
+            mask = mask & ctx.mask
         result.append(SegmentMask(segment.name, mask, segment.terminology, segment.color))
     return result
 

@@ -29,6 +29,9 @@ MNI_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 MNI_LABELS = {1: "Gray matter", 2: "White matter"}
+# 3D Slicer labels in MedSeg's terminology: SCT 389081007 "Gray matter" / 389080008 "White matter" (DICOM CID 7153,
+# CNS segmentation types), category Anatomical Structure.
+MNI_TERMINOLOGY = {1: "gray matter", 2: "white matter"}
 
 
 def _nilearn_data_dir() -> Path:
@@ -203,6 +206,7 @@ def run_atlas(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     import SimpleITK as sitk
 
     atlases, names = _load_atlases(p)
+    terminology = MNI_TERMINOLOGY if p["atlas"].strip().lower() == "mni152" else {}
     target = ctx.float_image
     candidates = []
     for index, (volume, labels) in enumerate(atlases):
@@ -214,7 +218,7 @@ def run_atlas(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     for value in [int(v) for v in np.unique(fused) if v > 0]:
         mask = ctx.finish(fused == value)
         if np.any(mask):
-            segments.append(SegmentMask(names.get(value, f"Label {value}"), mask))
+            segments.append(SegmentMask(names.get(value, f"Label {value}"), mask, terminology.get(value)))
     if not segments:
         raise UserInputError(f"{ctx.method_name}: no atlas label reached the target (registration failed?)")
     return segments

@@ -4,13 +4,16 @@ slicer-core does not wrap ``vtkITKGrowCut``, so this is MedSeg's own implementat
 (FastGrowCut, Zhu et al. 2014): each voxel takes the label of the seed with the cheapest path to it,
 where a step costs the intensity difference plus ``locality`` x step length in mm. It is a multi-source
 Dijkstra on the 6-neighbour grid with an indexed binary heap (decrease-key, so each voxel is at most once
-in the heap), compiled with numba.
+in the heap), compiled with numba. Equal-cost paths go to the smaller label, so the labels do not depend on
+the order voxels are processed in.
 
 Why a class: the Segment Editor re-runs the effect whenever seeds are edited. :class:`GrowFromSeeds`
 keeps the distance and label maps, and :meth:`GrowFromSeeds.update` only re-propagates what changed:
 added seeds relax outward from themselves (exact, because a shortest-path forest only shrinks where a
 cheaper source appears); removed seeds invalidate their own label's region, which is refilled from its
-valid border. Both give exactly the result of a fresh run (ties aside).
+valid border. Both give exactly the labels of a fresh run with the new seeds (tested voxel for voxel).
+An update costs a few linear passes over the seed map plus the Dijkstra over the voxels whose distance
+changes.
 """
 
 from __future__ import annotations
@@ -157,8 +160,11 @@ def _propagate(image, allowed, distance, labels, heap, keys, pos, size, step_cos
             difference = np.float32(flat_image[neighbour]) - value
             if difference < 0:
                 difference = -difference
-            candidate = d + difference + step
-            if candidate < distance[neighbour]:
+            candidate = np.float32(d + difference + step)
+            current = distance[neighbour]
+            # Equal-cost paths go to the smaller label (and that label is propagated on), so the labels do
+            # not depend on the processing order: an incremental update equals a fresh run exactly.
+            if candidate < current or (candidate == current and label < labels[neighbour]):
                 distance[neighbour] = candidate
                 labels[neighbour] = label
                 size = _push(heap, keys, pos, size, neighbour, candidate)
@@ -252,14 +258,15 @@ class GrowFromSeeds:
         seeds = np.asarray(seeds)
         if seeds.shape != self.shape:
             raise UserInputError(f"seed label map shape {seeds.shape} differs from the volume {self.shape}")
-        if seeds.max(initial=0) > 65535:
-            raise UserInputError("grow from seeds supports at most 65535 labels")
-        present = np.unique(seeds)
-        if np.count_nonzero(present) < 2:
+        if seeds.dtype != np.uint16 and (seeds.min(initial=0) < 0 or seeds.max(initial=0) > 65535):
+            raise UserInputError("grow from seeds supports labels 1..65535")
+        flat = np.ascontiguousarray(seeds, dtype=np.uint16).ravel()
+        # A histogram, not np.unique: one linear pass instead of sorting 16 M voxels on every update.
+        if np.count_nonzero(np.bincount(flat)[1:]) < 2:
             raise UserInputError(
                 "grow-from-seeds needs seeds of at least two segments (e.g. the structure and its surroundings)"
             )
-        return np.ascontiguousarray(seeds, dtype=np.uint16).ravel()
+        return flat
 
     def _heap(self) -> tuple:
         if self._heap_items is None:

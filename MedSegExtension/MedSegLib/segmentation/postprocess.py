@@ -31,7 +31,9 @@ def _image(mask: np.ndarray, spacing_ijk: Optional[Sequence[float]] = None) -> A
 def _array(image: Any) -> np.ndarray:
     import SimpleITK as sitk
 
-    return sitk.GetArrayFromImage(image).astype(bool, copy=False)
+    array = sitk.GetArrayFromImage(image)
+    # Binary filters here write 0/1 bytes: read them as bool instead of converting (one copy, not two).
+    return array.view(bool) if array.dtype == np.uint8 and image.GetPixelID() == sitk.sitkUInt8 else array.astype(bool)
 
 
 def label_islands(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:

@@ -11,10 +11,7 @@ Hounsfield units, with thresholds taken from the radiology literature rather tha
   (< -950 HU tubes) removed; components assigned to left/right by their side of the body midline.
 - airway: trachea and bronchi grown from the most cranial air tube inside the body, < -950 HU,
   with the threshold lowered when the growth explodes into the lungs (the classic leak check).
-- bone: hysteresis threshold - cortical bone (>= ``strong`` = 300 HU) seeds components of >= ``lower``
-  = 120 HU (trabecular bone of adults incl. the elderly), then an in-plane closing (6 mm) and slice-wise
-  hole filling add the marrow. Contrast-filled vessels and calcified cartilage above 300 HU are kept:
-  HU alone cannot tell them from bone (see the report for the Dice on a contrast CT).
+- bone: see :func:`run_bone` (cortex-seeded hysteresis, fluid-like regions removed, marrow filled).
 - fat: -190..-30 HU and muscle: -29..150 HU inside the body (the usual body-composition ranges).
 """
 
@@ -223,16 +220,105 @@ def run_airway(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]
     return [SegmentMask("Airway", mask, "airway")]
 
 
+def noise_sd(ctx: SegmentationContext, body: np.ndarray) -> float:
+    """Image noise (HU, one SD) from differences of in-plane neighbours inside soft tissue (-100..100 HU):
+    a robust (MAD) estimate, so edges and texture barely move it."""
+    a = ctx.array[:, :, 1:]
+    b = ctx.array[:, :, :-1]
+    soft = (a > -100) & (a < 100) & (b > -100) & (b < 100) & body[:, :, 1:]
+    difference = a[soft].astype(np.float32) - b[soft].astype(np.float32)
+    if difference.size < 100:
+        return 0.0
+    mad = float(np.median(np.abs(difference - np.median(difference))))
+    return 1.4826 * mad / float(np.sqrt(2.0))
+
+
+def _fluid_like_regions(
+    ctx: SegmentationContext, candidate: np.ndarray, cortex: np.ndarray, body: np.ndarray, p: Dict[str, Any]
+) -> np.ndarray:
+    """Thick non-cortical parts of ``candidate`` whose intensity is as homogeneous as the noise (see run_bone)."""
+    from scipy import ndimage
+
+    spacing = ctx.spacing_ijk
+    sigma = noise_sd(ctx, body)
+    soft = candidate & ~cortex
+    radius = float(p["texture_radius_mm"])
+    core = postprocess.margin(soft, -radius, spacing)
+    labels, count = ndimage.label(core)
+    if count == 0 or sigma <= 0:
+        return np.zeros(ctx.shape, dtype=bool)
+    # Each core grows back to the soft voxels nearest to it (within the radius): one region per core.
+    _, nearest = ndimage.distance_transform_edt(labels == 0, sampling=ctx.spacing_kji, return_indices=True)
+    regions = labels[tuple(nearest)]
+    del nearest
+    regions[~(postprocess.margin(core, radius + 0.5 * float(max(spacing[:2])), spacing) & soft)] = 0
+    sd = np.asarray(ndimage.standard_deviation(ctx.array.astype(np.float32), regions, np.arange(1, count + 1)))
+    fluid = np.flatnonzero(sd < p["texture_ratio"] * sigma) + 1
+    return np.isin(regions, fluid) if fluid.size else np.zeros(ctx.shape, dtype=bool)
+
+
+def _cavities(ctx: SegmentationContext, closed: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
+    """Per-slice holes of ``closed`` that are marrow: a hole whose mean HU is that of CSF / neural tissue
+    (``canal_min``..``canal_max``) is the spinal canal (enclosed by the vertebral arch), not marrow."""
+    from scipy import ndimage
+
+    holes = postprocess.fill_holes(closed, per_slice=True) & ~closed
+    if not np.any(holes):
+        return holes
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, count = ndimage.label(holes, structure=in_plane)
+    means = np.asarray(ndimage.mean(ctx.array, labels, np.arange(1, count + 1)))
+    canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
+    return holes & ~np.isin(labels, canal) if canal.size else holes
+
+
 def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
+    """Bone without a model: cortex-seeded hysteresis, fluid-like regions removed, marrow filled.
+
+    Steps (HU facts from the CT literature; no constant was fitted to a test scan):
+
+    1. Body: outside air and the table removed (:func:`body_mask`).
+    2. Seeds = cortical bone, >= ``strong`` (300 HU). Compact bone is > ~700-1000 HU, but the thin cortex of
+       ribs and vertebrae is averaged with soft tissue in 2-3 mm voxels (a 3 mm scan's ribs peak at
+       300-600 HU); 300 HU stays above every unenhanced soft tissue (< ~100 HU) and portal-venous blood.
+    3. Hysteresis: voxels >= ``lower`` (120 HU) connected to a seed. Cancellous (trabecular) bone is
+       ~150-400 HU in adults, down to ~100 HU in osteoporosis (L1 < 110 HU), so the lower level sits at
+       the top of enhanced parenchyma (liver/spleen ~100-130 HU in the portal phase).
+    4. Fluid-like regions removed. Contrast-filled vessels (aorta 150-350 HU in the arterial/portal phase),
+       enhancing organs and the renal collecting system can exceed the bone levels and touch bone through
+       calcified walls or partial volume; HU cannot tell them apart, texture can: blood with iodine is a
+       homogeneous fluid whose SD is the image noise, while cancellous bone mixes trabeculae and marrow
+       (SD several times the noise), and cortex is not "soft" at all. So the non-cortical part of the
+       hysteresis result is split into thick regions (cores deeper than ``texture_radius_mm``, grown back;
+       thin partial-volume rims are never judged, they have no texture to measure) and a region whose
+       SD is below ``texture_ratio`` x the image noise (noise estimated from the scan itself, MAD of
+       neighbour differences in soft tissue) is removed; the hysteresis is then re-run, which drops
+       what was only connected through such a region (e.g. the calcified wall of the aorta stays
+       only where it touches bone).
+    5. Marrow: an in-plane closing (``closing_mm``, bridging cortical gaps of a few voxels) and per-slice
+       hole filling add the medullary cavity and cancellous interior enclosed by cortex. Holes whose mean
+       HU is that of CSF / spinal cord (``canal_min``..``canal_max``, 0-40 HU +/- noise) are the spinal
+       canal enclosed by the vertebral arch and stay out (fatty marrow is < -20 HU, cancellous > 100 HU).
+    6. Islands smaller than ``min_island_ml`` dropped (calcified plaques, noise).
+
+    Known limits: calcified costal cartilage and sclerotic end plates / discs are bone-dense and stay.
+    """
     check_range(p["lower"], p["strong"], ctx.method_name, "bone threshold")
     body = body_mask(ctx)
     ctx.report(0.4, "hysteresis")
-    weak = (ctx.array >= p["lower"]) & body
-    bone = postprocess.hysteresis(weak, ctx.array >= p["strong"])
+    cortex = ctx.array >= p["strong"]
+    bone = postprocess.hysteresis((ctx.array >= p["lower"]) & body, cortex)
+    if p["texture_ratio"] > 0 and np.any(bone):
+        ctx.report(0.55, "removing fluid-like regions")
+        fluid = _fluid_like_regions(ctx, bone, cortex, body, p)
+        if np.any(fluid):
+            bone = postprocess.hysteresis(bone & ~fluid, cortex)
     if p["fill_marrow"]:
+        ctx.report(0.7, "marrow")
         in_plane = np.array([ctx.spacing_ijk[0], ctx.spacing_ijk[1], np.inf])
         closed = postprocess.smooth(bone, "closing", p["closing_mm"], in_plane) | bone
-        bone = postprocess.fill_holes(closed, per_slice=True)
+        bone = closed | _cavities(ctx, closed, p)
     bone = postprocess.remove_small_islands(bone, _ml_to_voxels(ctx, p["min_island_ml"]))
     bone = ctx.finish(bone)
     require_nonempty(bone, ctx.method_name, f"no voxel >= {p['strong']:g} HU inside the body")
@@ -302,13 +388,17 @@ METHODS = [
     Method(
         "bone",
         "CT bone",
-        "hysteresis threshold seeded by cortical bone, marrow filled",
+        "cortex-seeded hysteresis, contrast-filled (fluid-like) regions removed, marrow filled",
         run_bone,
         (
-            Param("lower", float, 120.0, "trabecular bone is above", "HU"),
+            Param("lower", float, 120.0, "cancellous bone is above", "HU"),
             Param("strong", float, 300.0, "cortical bone (seeds) is above", "HU"),
+            Param("texture_ratio", float, 2.0, "remove thick regions with SD below this x noise (0 = off)", "", 0.0),
+            Param("texture_radius_mm", float, 3.0, "regions judged by texture are thicker than 2x this", "mm", 0.0),
             Param("fill_marrow", bool, True, "close and fill bone cross-sections slice by slice"),
             Param("closing_mm", float, 6.0, "in-plane closing diameter before filling", "mm", 0.0),
+            Param("canal_min", float, -20.0, "holes with a mean HU in canal_min..canal_max are the spinal canal", "HU"),
+            Param("canal_max", float, 60.0, "(CSF / spinal cord), not marrow", "HU"),
             MIN_ISLAND,
         ),
         SEEDS_NONE,

@@ -15,7 +15,12 @@ import numpy as np
 
 from MedSegLib.errors import UserInputError
 from MedSegLib.segmentation import postprocess
-from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, radius_in_voxels, require_nonempty
+from MedSegLib.segmentation.core import (
+    SegmentationContext,
+    SegmentMask,
+    radius_in_voxels,
+    require_nonempty,
+)
 from MedSegLib.segmentation.params import (
     SEEDS_OPTIONAL,
     SEEDS_REQUIRED,
@@ -120,7 +125,7 @@ def run_region_growing(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segm
     lower, upper = seed_range(ctx, p)
     ctx.report(0.2, f"growing in [{lower:.0f}, {upper:.0f}]")
     grown = sitk.ConnectedThreshold(ctx.image, seedList=seeds, lower=lower, upper=upper, replaceValue=1)
-    mask = sitk.GetArrayViewFromImage(grown).astype(bool)
+    mask = sitk.GetArrayFromImage(grown).view(bool)  # 0/1 bytes read as bool: one copy, not two
     mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
     mask = ctx.finish(mask)
     require_nonempty(mask, ctx.method_name, f"seed intensities outside [{lower:g}, {upper:g}]")
@@ -140,7 +145,7 @@ def run_confidence_connected(ctx: SegmentationContext, p: Dict[str, Any]) -> Lis
         initialNeighborhoodRadius=radius,
         replaceValue=1,
     )
-    mask = sitk.GetArrayViewFromImage(grown).astype(bool)
+    mask = sitk.GetArrayFromImage(grown).view(bool)
     mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
     mask = ctx.finish(mask)
     require_nonempty(mask, ctx.method_name, "try a larger --multiplier")
