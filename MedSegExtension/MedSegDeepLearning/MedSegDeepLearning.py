@@ -7,6 +7,7 @@ Model loading, pre-processing, patch inference and label import live in
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -78,7 +79,9 @@ class MedSegDeepLearning(ScriptedLoadableModule):
 Segment a volume with a trained 3D network: the volume is resampled and normalised as the model expects,
 processed patch by patch with a sliding window (the overlap sets how much neighbouring patches share),
 and every label of the model becomes a segment of the output segmentation. Runs on the GPU (CUDA) when
-available, else on the CPU; Cancel stops after the current patch.
+available, else on the CPU. Inference and training run in a background process, so Slicer stays responsive;
+Cancel stops that process at once. The Train tab trains a 3D U-Net from the segmentations of this scene
+(each with its reference volume) or from a folder of labelled volumes.
 <br><br>Command-line equivalent:
 <code>medseg deepseg infer VOLUME --model MODEL --device cpu --overlap 0.25 -o seg.seg.nrrd</code>.
 """)
@@ -123,6 +126,9 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNode: Optional[MedSegDeepLearningParameterNode] = None
         self._parameterNodeGuiTag = None
         self._cancelToken = None
+        self._inferenceJob = None  # BackgroundJob while a background inference runs
+        self._trainingJob = None
+        self._pollTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -140,12 +146,23 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
         self.ui.installedModelComboBox.connect("activated(int)", self.onInstalledModelChosen)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.trainingCancelButton.connect("clicked(bool)", self.onTrainingCancelButton)
+        self.ui.trainingFromSceneCheckBox.connect("toggled(bool)", self._updateTrainingWidgets)
         self._refreshInstalledModels()
+        self._updateTrainingWidgets()
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(200)
+        self._pollTimer.connect("timeout()", self._pollBackgroundJobs)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.onCancelButton()
+        self.onTrainingCancelButton()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -179,7 +196,7 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._updateButtonStates()
 
     def _updateButtonStates(self, caller=None, event=None) -> None:
-        running = self._cancelToken is not None
+        running = self._cancelToken is not None or self._inferenceJob is not None
         ready = (self._parameterNode is not None and self._parameterNode.inputVolume is not None
                  and os.path.exists(str(self._parameterNode.modelPath)) and str(self._parameterNode.modelPath) != ".")
         self.ui.runButton.enabled = ready and not running
@@ -194,30 +211,95 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         slicer.app.processEvents()  # keeps the Cancel button responsive during inference
 
     def onRunButton(self) -> None:
-        from MedSegLib.errors import OperationCancelled
-
+        """Export the volume, run ``medseg deepseg infer`` in a background process, poll it from a timer."""
         parameters = self._parameterNode
-        self._cancelToken = self.logic.newCancelToken()
-        self._updateButtonStates()
         self.ui.progressBar.value = 0
+        with slicer.util.tryWithErrorDisplay(_("Could not start inference."), waitCursor=True):
+            segmentation = self.logic.ensureOutputSegmentation(parameters.inputVolume, parameters.outputSegmentation)
+            parameters.outputSegmentation = segmentation
+            self._inferenceJob = self.logic.startInference(parameters.inputVolume, parameters.modelPath,
+                                                           device=parameters.device, overlap=parameters.overlap)
+            self.ui.statusLabel.text = _("Starting (loading the model in a background process)...")
+            self._pollTimer.start()
+        self._updateButtonStates()
+
+    def _pollBackgroundJobs(self) -> None:
+        """Timer slot: progress of the background jobs; results are imported when a job ends."""
+        job = self._inferenceJob
+        if job is not None:
+            self.ui.progressBar.value = int(round(100 * job.run.fraction))
+            if job.run.message:
+                self.ui.statusLabel.text = job.run.message
+            if not job.run.running:
+                self._inferenceJob = None
+                self._finishInference(job)
+        job = self._trainingJob
+        if job is not None:
+            self.ui.trainingProgressBar.value = int(round(100 * job.run.fraction))
+            if job.run.message:
+                self.ui.trainingStatusLabel.text = job.run.message
+            if not job.run.running:
+                self._trainingJob = None
+                self._finishTraining(job)
+        if self._inferenceJob is None and self._trainingJob is None:
+            self._pollTimer.stop()
+
+    def _finishInference(self, job) -> None:
         try:
+            if job.run.cancelled:
+                self.ui.statusLabel.text = _("Cancelled.")
+                return
             with slicer.util.tryWithErrorDisplay(_("Inference failed."), waitCursor=True):
-                segmentation = self.logic.ensureOutputSegmentation(parameters.inputVolume,
-                                                                   parameters.outputSegmentation)
-                parameters.outputSegmentation = segmentation
-                try:
-                    segmentIds = self.logic.run(parameters.inputVolume, parameters.modelPath, segmentation,
-                                                device=parameters.device, overlap=parameters.overlap,
-                                                progressCallback=self._onProgress, cancelToken=self._cancelToken)
-                except OperationCancelled:
-                    self.ui.statusLabel.text = _("Cancelled.")
-                else:
-                    self.ui.progressBar.value = 100
-                    self.ui.statusLabel.text = _("{count} segment(s) written to {node}.").format(
-                        count=len(segmentIds), node=segmentation.GetName())
+                segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+                segmentIds = self.logic.finishInference(job, segmentation)
+                self.ui.progressBar.value = 100
+                self.ui.statusLabel.text = _("{count} segment(s) written to {node}.").format(
+                    count=len(segmentIds), node=segmentation.GetName())
         finally:
-            self._cancelToken = None
+            job.cleanup()
             self._updateButtonStates()
+
+    def onTrainButton(self) -> None:
+        fromScene = self.ui.trainingFromSceneCheckBox.checked
+        labels = [name.strip() for name in self.ui.trainingLabelsLineEdit.text.split(",") if name.strip()]
+        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+            pairs = self.logic.scenePairs() if fromScene else None
+            self._trainingJob = self.logic.startTraining(
+                self.ui.trainingOutputPathLineEdit.currentPath, labels=labels,
+                epochs=self.ui.trainingEpochsSpinBox.value, pairs=pairs,
+                dataDir=None if fromScene else self.ui.trainingDataPathLineEdit.currentPath)
+            self.ui.trainingProgressBar.value = 0
+            self.ui.trainingStatusLabel.text = _("Training in a background process...")
+            self._pollTimer.start()
+        self._updateTrainingWidgets()
+
+    def _finishTraining(self, job) -> None:
+        try:
+            if job.run.cancelled:
+                self.ui.trainingStatusLabel.text = _("Training cancelled (run it again to resume).")
+            elif job.run.returncode != 0:
+                slicer.util.errorDisplay(_("Training failed: {message}").format(message=job.run.error_message()))
+                self.ui.trainingStatusLabel.text = job.run.error_message()
+            else:
+                summary = job.run.summary() or {}
+                self.ui.trainingProgressBar.value = 100
+                self.ui.trainingStatusLabel.text = _("Model written to {path} (best mean Dice {dice}).").format(
+                    path=summary.get("model_dir", job.outputDir), dice=summary.get("best_mean_dice", "-"))
+                self._refreshInstalledModels()
+        finally:
+            job.cleanup()
+            self._updateTrainingWidgets()
+
+    def onTrainingCancelButton(self) -> None:
+        if self._trainingJob is not None:
+            self._trainingJob.run.cancel()
+            self.ui.trainingStatusLabel.text = _("Training stopped.")
+
+    def _updateTrainingWidgets(self, *args) -> None:
+        running = self._trainingJob is not None
+        self.ui.trainingDataPathLineEdit.enabled = not self.ui.trainingFromSceneCheckBox.checked
+        self.ui.trainButton.enabled = not running
+        self.ui.trainingCancelButton.enabled = running
 
     def _refreshInstalledModels(self) -> None:
         self.ui.installedModelComboBox.clear()
@@ -250,6 +332,9 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self._cancelToken is not None:
             self._cancelToken.cancel()
             self.ui.statusLabel.text = _("Cancelling after the current patch...")
+        if self._inferenceJob is not None:
+            self._inferenceJob.run.cancel()  # the timer then reports "Cancelled."
+            self.ui.statusLabel.text = _("Cancelling...")
 
 
 #
@@ -288,6 +373,114 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
         packages = _importMedSegLib("MedSegLib.deep_learning.model_package")
         return str(packages.install_model(path, overwrite=True).root)
 
+    # --- background process (the panel): Slicer stays responsive, Cancel terminates the process ---------
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's ``PythonSlicer`` (sets up Slicer's Python environment), else this interpreter."""
+        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+        home = getattr(slicer.app, "slicerHome", "") if hasattr(slicer, "app") else ""
+        candidate = os.path.join(home, "bin", name) if home else ""
+        if candidate and os.path.isfile(candidate):
+            return candidate
+        return shutil.which(name) or sys.executable
+
+    @staticmethod
+    def _exportNode(node, path: str) -> None:
+        """Write a node to a file without re-pointing its storage node at the temporary file."""
+        if hasattr(slicer.util, "exportNode"):
+            slicer.util.exportNode(node, path)
+        elif not slicer.util.saveNode(node, path):
+            raise RuntimeError(_("Could not write {node} to {path}").format(node=node.GetName(), path=path))
+
+    def startInference(self, inputVolume, modelPath: Path, device: str = "auto", overlap: float = 0.25,
+                       python: Optional[str] = None) -> "BackgroundJob":
+        """Write the volume to a temporary NRRD and start ``medseg deepseg infer`` on it in a child process."""
+        if inputVolume is None:
+            raise ValueError(_("An input volume is required."))
+        if not os.path.exists(os.fspath(modelPath)) or os.fspath(modelPath) in ("", "."):
+            raise ValueError(_("Model not found: {path}").format(path=modelPath))
+        if device not in INFERENCE_DEVICES:
+            raise ValueError(_("Unknown device: {device}").format(device=device))
+        background = _importMedSegLib("MedSegLib.deep_learning.background")
+        workDir = tempfile.mkdtemp(prefix="MedSegDeepLearning-")
+        inputPath = os.path.join(workDir, "input.nrrd")
+        outputPath = os.path.join(workDir, "output.seg.nrrd")
+        self._exportNode(inputVolume, inputPath)
+        run = background.start_inference(inputPath, os.fspath(modelPath), outputPath, device=device,
+                                         overlap=overlap, python=python or self.pythonExecutable())
+        return BackgroundJob(run, workDir, outputPath, inputVolume)
+
+    @staticmethod
+    def finishInference(job: "BackgroundJob", outputSegmentation) -> List[str]:
+        """Import the finished job's segmentation into ``outputSegmentation``; returns the segment IDs."""
+        if job.run.returncode != 0:
+            raise RuntimeError(job.run.error_message() or _("Inference failed (exit status {code}).").format(
+                code=job.run.returncode))
+        loaded = slicer.util.loadSegmentation(job.outputPath)
+        try:
+            outputSegmentation.GetSegmentation().DeepCopy(loaded.GetSegmentation())
+            if job.inputVolume is not None:
+                outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(job.inputVolume)
+            outputSegmentation.CreateDefaultDisplayNodes()
+        finally:
+            slicer.mrmlScene.RemoveNode(loaded)
+        return list(outputSegmentation.GetSegmentation().GetSegmentIDs())
+
+    @staticmethod
+    def scenePairs() -> List[Any]:
+        """(reference volume, segmentation) of every segmentation in the scene that names its volume."""
+        pairs = []
+        for segmentation in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
+            volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+            if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode"):
+                pairs.append((volume, segmentation))
+        return pairs
+
+    def startTraining(self, outputDir: str, labels: Optional[List[str]] = None, epochs: int = 20, pairs=None,
+                      dataDir: Optional[str] = None, python: Optional[str] = None,
+                      extra: Optional[List[str]] = None) -> "BackgroundJob":
+        """Start ``medseg deepseg train`` in a child process on a data folder or on scene (volume, segmentation)
+        pairs, which are written as ``caseN.nrrd`` + ``caseN_label.nrrd`` (segment order = label values)."""
+        if not outputDir:
+            raise ValueError(_("Choose a model folder to write."))
+        workDir = tempfile.mkdtemp(prefix="MedSegTraining-")
+        if pairs is not None:
+            if not pairs:
+                raise ValueError(_("No segmentation with a reference volume in the scene."))
+            names = self.exportTrainingPairs(pairs, workDir)
+            labels = labels or names
+            dataDir = workDir
+        elif not dataDir or not os.path.isdir(dataDir):
+            raise ValueError(_("Training data folder not found: {path}").format(path=dataDir))
+        if not labels:
+            raise ValueError(_("Enter the label names (values 1..N)."))
+        background = _importMedSegLib("MedSegLib.deep_learning.background")
+        run = background.start_training(dataDir, labels, epochs, outputDir, python=python or self.pythonExecutable(),
+                                        extra=extra or [])
+        return BackgroundJob(run, workDir, outputDir, None)
+
+    def exportTrainingPairs(self, pairs, folder: str) -> List[str]:
+        """Write each (volume, segmentation) as a case; returns the segment names of the first (label names)."""
+        names: List[str] = []
+        segmentationsLogic = slicer.modules.segmentations.logic()
+        for index, (volume, segmentation) in enumerate(pairs):
+            ids = vtk.vtkStringArray()
+            segmentation.GetSegmentation().GetSegmentIDs(ids)
+            if index == 0:
+                names = [segmentation.GetSegmentation().GetSegment(ids.GetValue(i)).GetName()
+                         for i in range(ids.GetNumberOfValues())]
+            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medseg_training_label")
+            try:
+                segmentationsLogic.ExportSegmentsToLabelmapNode(segmentation, ids, labelmap, volume)
+                self._exportNode(volume, os.path.join(folder, f"case{index}.nrrd"))
+                self._exportNode(labelmap, os.path.join(folder, f"case{index}_label.nrrd"))
+            finally:
+                slicer.mrmlScene.RemoveNode(labelmap)
+        return names
+
+    # --- in-process (scripts, self-tests) -------------------------------------------------------------
+
     def run(self, inputVolume, modelPath: Path, outputSegmentation, device: str = "auto", overlap: float = 0.25,
             progressCallback=None, cancelToken=None) -> List[str]:
         """Sliding-window inference; one segment per model label. Returns the segment IDs.
@@ -305,6 +498,23 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
         return inference.segment_volume_node(
             inputVolume, outputSegmentation, model_path=os.fspath(modelPath), device=device, overlap=overlap,
             progress=progressCallback, cancel=cancelToken)
+
+
+class BackgroundJob:
+    """A running ``medseg deepseg`` child (``run``: MedSegLib.deep_learning.background.BackgroundRun) and the
+    temporary folder it reads from / writes into, removed by :meth:`cleanup`."""
+
+    def __init__(self, run, workDir: str, outputPath: str, inputVolume) -> None:
+        self.run = run
+        self.workDir = workDir
+        self.outputPath = outputPath
+        self.outputDir = outputPath
+        self.inputVolume = inputVolume
+
+    def cleanup(self) -> None:
+        if self.run.running:
+            self.run.cancel()
+        shutil.rmtree(self.workDir, ignore_errors=True)
 
 
 #

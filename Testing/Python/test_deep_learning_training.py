@@ -91,6 +91,29 @@ def test_patches_are_balanced_toward_labels(tmp_path) -> None:
     assert 0.35 < np.mean(np.asarray(centres) == 2) < 0.65
 
 
+def test_label_sampling_weights_steer_positive_patches(tmp_path) -> None:
+    cases = load_cases_from_folder(_write_pairs(tmp_path / "d", n=1), PREPROCESSING)
+    only_liver = PatchSampler(cases, (8, 8, 8), pos_fraction=1.0, rng=np.random.default_rng(0), label_weights=[0, 1])
+    assert all(only_liver.sample()[1][4, 4, 4] == 2 for _ in range(50))
+    mostly_body = PatchSampler(cases, (8, 8, 8), 1.0, np.random.default_rng(0), label_weights=[9, 1])
+    share = np.mean([mostly_body.sample()[1][4, 4, 4] == 2 for _ in range(300)])
+    assert 0.03 < share < 0.2  # 10 % expected
+    with pytest.raises(UserInputError, match="label sampling weights"):
+        PatchSampler(cases, (8, 8, 8), 1.0, np.random.default_rng(0), label_weights=[0, 0])
+
+
+def test_batch_norm_recalibration_is_a_plain_average() -> None:
+    from MedSegLib.deep_learning.training import recalibrate_batch_norm
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1, bias=False), torch.nn.BatchNorm3d(2)).eval()
+    torch.nn.init.ones_(net[0].weight)
+    batches = iter([torch.full((1, 1, 2, 2, 2), float(v)) for v in (1.0, 2.0, 6.0)])
+    assert recalibrate_batch_norm(net, lambda: next(batches), 3) == 1
+    assert torch.allclose(net[1].running_mean, torch.full((2,), 3.0))  # mean of 1, 2, 6 (not an EMA)
+    assert net[1].momentum == 0.1 and not net.training
+    assert recalibrate_batch_norm(torch.nn.Conv3d(1, 1, 1), lambda: None, 5) == 0
+
+
 def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     cases = load_cases_from_folder(_write_pairs(tmp_path / "d"), PREPROCESSING)
     first = train(_config(tmp_path / "a"), cases[:1], cases[1:], log=lambda s: None)

@@ -9,7 +9,9 @@ Each variant runs in its own process so that its peak RSS is its own; timings ex
 construction and include MedSeg's network optimisation (``-opt``), stitching and the final argmax. Every
 argmax is compared with the first variant's (MONAI sw_batch 1, the reference): the goal is >= 2x faster
 at identical argmax. Variants: ``monai-B`` (MONAI, B windows per batch), ``medseg-B`` (eager network),
-``medseg-B-opt`` (traced + frozen network, CPU), ``medseg-B-amp`` (autocast: bf16 on CPU, fp16 on GPU).
+``medseg-B-opt`` (traced + frozen network, CPU), ``medseg-B-amp`` (autocast: bf16 on CPU, fp16 on GPU),
+``medseg-B-wN`` (CPU: the B windows of a batch split over N worker threads, each with 1/N of torch's
+intra-op threads; ``-w0`` = one worker per thread, MedSeg's CPU default).
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
     if device != "cpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    batch = int(variant.split("-")[1])
+    parts = variant.split("-")
+    batch = int(parts[1])
+    workers = next((int(p[1:]) for p in parts[2:] if p[:1] == "w" and p[1:].isdigit()), 1)
     started = time.perf_counter()
     if variant.startswith("monai"):
         from monai.inferers import sliding_window_inference
@@ -78,7 +82,7 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
         labels = np.empty(shape, dtype=np.uint8)
         slabs = iter_sliding_window_slabs(
             image[0], net, ROI, overlap=OVERLAP, mode="gaussian", sw_batch_size=batch, device=device,
-            amp=variant.endswith("-amp"),
+            amp=variant.endswith("-amp"), workers=workers,
         )  # fmt: skip
         for z0, z1, slab in slabs:
             labels[z0:z1] = torch.argmax(slab, dim=0).to(torch.uint8).numpy()
@@ -86,7 +90,7 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     np.save(out_file, labels)
-    result = {"variant": variant, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    result = {"variant": variant, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
     if device != "cpu":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -97,7 +101,9 @@ def main() -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 256, 256], help="array shape (k j i)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu (the goal's setting) or cuda (GPU check)")
-    parser.add_argument("--variants", nargs="+", default=["monai-1", "monai-4", "medseg-4", "medseg-4-opt"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["monai-1", "monai-4", "medseg-4", "medseg-4-w0", "medseg-8-w0"]
+    )
     parser.add_argument("--net", default="unet", choices=["unet", "light"], help="light: 1x1x1 conv (memory check)")
     parser.add_argument("--classes", type=int, default=CLASSES)
     parser.add_argument("--variant", help=argparse.SUPPRESS)

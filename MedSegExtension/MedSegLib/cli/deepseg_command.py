@@ -31,12 +31,26 @@ def _peak_rss_mb() -> float:
     return peak / 1024.0 if sys.platform != "darwin" else peak / (1024.0 * 1024.0)
 
 
+def _progress_printer(args: argparse.Namespace, total: int, description: str):
+    """(callback, closer): ``MEDSEG-PROGRESS`` lines on stdout with --progress-lines, else a tqdm bar."""
+    if getattr(args, "progress_lines", False):
+        from MedSegLib.deep_learning.background import progress_line
+
+        def callback(fraction: float, message: str = "") -> None:
+            print(progress_line(fraction, message), flush=True)
+
+        return callback, lambda: None
+    from MedSegLib.progress import tqdm_callback
+
+    callback, bar = tqdm_callback(total, description, disable=getattr(args, "quiet", False))
+    return callback, bar.close
+
+
 def _infer(args: argparse.Namespace) -> int:
     from MedSegLib.deep_learning.inference import labels_to_segmentation, predict_labels
     from MedSegLib.deep_learning.model_package import resolve_model
     from MedSegLib.inputs import load_input_volume
     from MedSegLib.node_io import export_segmentation_to_labelmap, save_node
-    from MedSegLib.progress import tqdm_callback
     from MedSegLib.runtime import boot
     from MedSegLib.volume_nodes import add_volume_node, array_and_ijk_to_ras
 
@@ -52,7 +66,7 @@ def _infer(args: argparse.Namespace) -> int:
     runtime = boot()
     volume = load_input_volume(args.input, runtime.scene, db=args.db)
     array, ijk_to_ras = array_and_ijk_to_ras(volume)
-    callback, bar = tqdm_callback(1000, f"deepseg {package.name}", disable=args.quiet)
+    callback, close_progress = _progress_printer(args, 1000, f"deepseg {package.name}")
     try:
         result = predict_labels(
             [array],
@@ -65,9 +79,10 @@ def _infer(args: argparse.Namespace) -> int:
             probabilities=args.probabilities,
             progress=callback,
             optimize=args.optimize,
+            workers=args.workers,
         )
     finally:
-        bar.close()
+        close_progress()
     segmentation = runtime.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} {package.name}")
     segmentation.CreateDefaultDisplayNodes()
     ids = labels_to_segmentation(result.labels, volume, package, segmentation)
@@ -189,8 +204,10 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         resume=not args.fresh,
         max_steps=args.max_steps,
+        init_weights=args.init_weights,
     )
-    summary = train(config, train_cases, val_cases, log=lambda line: print(line, file=sys.stderr))
+    callback = _progress_printer(args, 1000, "deepseg train")[0] if args.progress_lines else None
+    summary = train(config, train_cases, val_cases, progress=callback, log=lambda line: print(line, file=sys.stderr))
     if summary.get("rank", 0) == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -216,9 +233,15 @@ def register(subparsers: Any) -> None:
     infer.add_argument("--sw-batch", type=int, default=None, help="windows per forward pass (default: model's)")
     infer.add_argument("--probabilities", action="store_true", help="also write OUT_prob_<label>.nrrd (uint8)")
     infer.add_argument("--optimize", action="store_true", help="CPU: run a traced+frozen copy if it is exact")
+    infer.add_argument(
+        "--workers", type=int, default=None, help="CPU: windows run concurrently (default: one per thread; 1: off)"
+    )
     infer.add_argument("--db", help="DICOM database folder (when INPUT is a series UID)")
     infer.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     infer.add_argument("--quiet", action="store_true", help="no progress bar")
+    infer.add_argument(
+        "--progress-lines", action="store_true", help="progress as 'MEDSEG-PROGRESS FRACTION MESSAGE' lines on stdout"
+    )
     infer.set_defaults(func=_infer)
 
     models = sub.add_parser("models", help="list installed models")
@@ -255,4 +278,8 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     tr.add_argument("--fresh", action="store_true", help="do not resume from MODEL_DIR/training/checkpoint_last.pt")
     tr.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    tr.add_argument("--init-weights", default=None, help="fine-tune: start from this state dict (same network)")
+    tr.add_argument(
+        "--progress-lines", action="store_true", help="progress as 'MEDSEG-PROGRESS FRACTION MESSAGE' lines on stdout"
+    )
     tr.set_defaults(func=_train)

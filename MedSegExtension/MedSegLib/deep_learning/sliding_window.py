@@ -117,6 +117,56 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
+class _ParallelPredictor:
+    """Run the windows of a batch one by one on ``workers`` threads at once (CPU inter-op parallelism).
+
+    On a few CPU cores, one forward pass split over all cores (intra-op threads) wastes much of its time
+    in small, poorly parallel layers (norms, activations, the deep low-resolution levels). Here each
+    worker thread runs whole windows with an equal share of the intra-op threads (torch releases the GIL
+    inside its kernels), so the cores stay busy. Every window is its own forward pass of batch 1, the
+    arithmetic of MONAI's ``sw_batch_size=1`` (a batched convolution may round differently: MONAI with
+    ``sw_batch_size=4`` flips a few argmax voxels against its own batch 1, see
+    ``Testing/benchmarks/bench_deepseg.py``).
+    """
+
+    def __init__(self, predictor: Callable[[Any], Any], workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.predictor = predictor
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseg-window")
+
+    def _run(self, data: Any, amp: bool, device_type: str, amp_dtype: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():  # thread-local: enter it in the worker
+            if amp:
+                with torch.autocast(device_type=device_type, dtype=amp_dtype):
+                    return self.predictor(data)
+            return self.predictor(data)
+
+    def __call__(self, data: Any, amp: bool, device_type: str, amp_dtype: Any) -> Any:
+        import torch
+
+        parts = torch.split(data, 1)
+        futures = [self.pool.submit(self._run, part, amp, device_type, amp_dtype) for part in parts]
+        return torch.cat([future.result() for future in futures])
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def cpu_workers(requested: Optional[int], sw_batch_size: int) -> Tuple[int, int]:
+    """(worker threads, intra-op threads each) for ``workers``: None/0 = one thread per intra-op thread
+    torch would use (at most the batch size), 1 = the plain single forward pass."""
+    import torch
+
+    threads = max(1, torch.get_num_threads())
+    workers = threads if not requested else int(requested)
+    workers = max(1, min(workers, max(1, int(sw_batch_size))))
+    return workers, max(1, threads // workers)
+
+
 def iter_sliding_window_slabs(
     image: Any,
     predictor: Callable[[Any], Any],
@@ -132,8 +182,12 @@ def iter_sliding_window_slabs(
     amp_dtype: Any = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    workers: Optional[int] = 1,
 ) -> Iterator[Tuple[int, int, Any]]:
     """Yield ``(z0, z1, averaged)`` slabs of the stitched prediction, in z order, on the CPU.
+
+    ``workers`` (CPU only): run each batch of windows as that many concurrent sub-batches, each with an
+    equal share of torch's intra-op threads (None or 0: one per thread); 1 = one forward pass per batch.
 
     ``image`` is a CPU tensor ``[C, D, H, W]`` (one image); ``averaged`` is float32 ``[K, z1-z0, H, W]``,
     exactly what MONAI returns for those rows (weighted average of raw predictor outputs).
@@ -160,6 +214,42 @@ def iter_sliding_window_slabs(
         )
     image = image.float() if image.dtype != torch.float32 else image
     weight = importance_map(roi, mode, sigma_scale, device=device)
+    if amp and amp_dtype is None:
+        amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+
+    batch = max(1, int(sw_batch_size))
+    parallel: Optional[_ParallelPredictor] = None
+    saved_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        n_workers, per_worker = cpu_workers(workers, batch)
+        if n_workers > 1:
+            parallel = _ParallelPredictor(predictor, n_workers)
+            torch.set_num_threads(per_worker)
+    try:
+        yield from _stitch(image, predictor, parallel, plan, weight, batch, device, amp, amp_dtype, progress, cancel)
+    finally:
+        if parallel is not None:
+            parallel.close()
+            torch.set_num_threads(saved_threads)
+
+
+def _stitch(
+    image: Any,
+    predictor: Callable[[Any], Any],
+    parallel: Optional[_ParallelPredictor],
+    plan: WindowPlan,
+    weight: Any,
+    batch: int,
+    device: Any,
+    amp: bool,
+    amp_dtype: Any,
+    progress: Optional[ProgressCallback],
+    cancel: Optional[CancelToken],
+) -> Iterator[Tuple[int, int, Any]]:
+    """The window loop of :func:`iter_sliding_window_slabs` (ring buffer, flushing, OOM retry)."""
+    import torch
+
+    roi = plan.roi_size
     weight_cpu = weight.cpu()
     windows = plan.windows
     total = len(windows)
@@ -168,10 +258,6 @@ def iter_sliding_window_slabs(
     z_crop1 = z_crop0 + plan.image_size[0]
     h_sl = slice(plan.pad_before[1], plan.pad_before[1] + plan.image_size[1])
     w_sl = slice(plan.pad_before[2], plan.pad_before[2] + plan.image_size[2])
-    if amp and amp_dtype is None:
-        amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-
-    batch = max(1, int(sw_batch_size))
     # Ring buffer over padded rows: row r lives at r % ring. Its depth is the largest row span one batch
     # touches (from the first unflushed row to the end of the batch's last window), so nothing is copied
     # or reallocated while streaming; a smaller batch after an OOM only needs fewer rows.
@@ -214,7 +300,9 @@ def iter_sliding_window_slabs(
         data = torch.stack([image[:, z : z + roi[0], y : y + roi[1], x : x + roi[2]] for z, y, x in chunk]).to(device)
         try:
             with torch.inference_mode():
-                if amp:
+                if parallel is not None:
+                    out = parallel(data, amp, device.type, amp_dtype)
+                elif amp:
                     with torch.autocast(device_type=device.type, dtype=amp_dtype):
                         out = predictor(data)
                 else:

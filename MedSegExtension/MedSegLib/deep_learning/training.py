@@ -48,13 +48,24 @@ class TrainConfig:
     epochs: int = 20
     steps_per_epoch: int = 20
     batch_size: int = 2
-    roi_size: Tuple[int, int, int] = (64, 64, 64)
+    roi_size: Tuple[int, int, int] = (64, 64, 64)  # training patch
+    inference_roi_size: Optional[Tuple[int, int, int]] = None  # validation / exported window (default: roi_size)
     learning_rate: float = 2e-3
     lr_schedule: str = "constant"  # or "poly": lr * (1 - epoch / epochs) ** 0.9 (nnU-Net's schedule)
     weight_decay: float = 1e-5
     seed: int = 0
     val_every: int = 1
     pos_fraction: float = 0.67
+    # relative chance of each label (1..n) being the centre of a positive patch; None: uniform over the
+    # labels present in the case. Thin structures (bone) profit from more than their uniform share.
+    label_sampling_weights: Optional[List[float]] = None
+    dice_over_batch: bool = False  # Dice per label over the whole batch (stable when a patch lacks a label)
+    # after training, re-estimate batch-norm statistics as a plain average over this many training batches
+    # (train mode, no gradients): the running averages of the last steps are noisy with batch 2
+    bn_recalibration_batches: int = 0
+    # fine-tuning: start from these state-dict weights (same network config) instead of a random init
+    init_weights: Optional[str] = None
+    freeze_batch_norm: bool = False  # keep batch-norm statistics fixed (fine-tuning on few cases)
     channels: Tuple[int, ...] = (16, 32, 64, 128)
     strides: Tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
@@ -203,13 +214,29 @@ def load_cases_from_folder(
 
 
 class PatchSampler:
-    """Random patches, ``pos_fraction`` of them centred on a voxel of a uniformly chosen present label."""
+    """Random patches, ``pos_fraction`` of them centred on a voxel of a chosen present label.
 
-    def __init__(self, cases: Sequence[TrainingCase], roi: Sequence[int], pos_fraction: float, rng: Any) -> None:
+    The label is drawn uniformly among those present in the case, or with ``label_weights`` (relative
+    weight of label value ``i + 1`` at index ``i``) when given.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[TrainingCase],
+        roi: Sequence[int],
+        pos_fraction: float,
+        rng: Any,
+        label_weights: Optional[Sequence[float]] = None,
+    ) -> None:
         self.cases = list(cases)
         self.roi = tuple(int(r) for r in roi)
         self.pos_fraction = pos_fraction
         self.rng = rng
+        self.label_weights = None if label_weights is None else [float(w) for w in label_weights]
+        if self.label_weights is not None and (
+            any(w < 0 for w in self.label_weights) or not any(w > 0 for w in self.label_weights)
+        ):
+            raise UserInputError(f"label sampling weights must be >= 0 with one > 0, got {self.label_weights}")
         # foreground voxel indices per case and label, subsampled to bound memory
         self.fg: List[Dict[int, np.ndarray]] = []
         for case in self.cases:
@@ -229,7 +256,13 @@ class PatchSampler:
         shape = case.labels.shape
         if self.fg[ci] and self.rng.random() < self.pos_fraction:
             keys = sorted(self.fg[ci])
-            value = keys[int(self.rng.integers(len(keys)))]
+            if self.label_weights is None:
+                value = keys[int(self.rng.integers(len(keys)))]
+            else:
+                w = np.asarray([self._weight(k) for k in keys], dtype=np.float64)
+                if w.sum() <= 0:
+                    w = np.ones(len(keys))
+                value = keys[int(self.rng.choice(len(keys), p=w / w.sum()))]
             flat = self.fg[ci][value][int(self.rng.integers(len(self.fg[ci][value])))]
             centre = np.unravel_index(int(flat), shape)
         else:
@@ -245,6 +278,35 @@ class PatchSampler:
         image_patch[(slice(None), *dst)] = case.image[(slice(None), *src)]
         label_patch[tuple(dst)] = case.labels[tuple(src)]
         return image_patch, label_patch
+
+    def _weight(self, value: int) -> float:
+        weights = self.label_weights or []
+        return weights[value - 1] if 0 < value <= len(weights) else 0.0
+
+
+def recalibrate_batch_norm(model: Any, batches: Callable[[], Any], count: int) -> int:
+    """Replace batch-norm running statistics by their plain average over ``count`` batches (no gradients).
+
+    Returns the number of batch-norm layers updated (0: nothing to do, the model is left untouched).
+    """
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or count <= 0:
+        return 0
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = plain mean over the batches seen
+    model.train()
+    with torch.no_grad():
+        for _ in range(count):
+            model(batches())
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(layers)
 
 
 def augment(image: np.ndarray, labels: np.ndarray, rng: Any, config: TrainConfig) -> Tuple[np.ndarray, np.ndarray]:
@@ -275,6 +337,39 @@ def dice_per_label(prediction: np.ndarray, truth: np.ndarray, n_labels: int) -> 
 
 
 # --- the training loop -----------------------------------------------------------------------------------
+
+
+def config_from_package(package: Any, out_dir: str, **overrides: Any) -> TrainConfig:
+    """A fine-tuning configuration: the network, labels, preprocessing and patch size of a state-dict
+    MONAI ``UNet`` package, starting from its weights; ``overrides`` set any other TrainConfig field."""
+    network = package.network
+    parameters = network.get("parameters", {})
+    if network.get("architecture") != "UNet" or network.get("format") != "state_dict":
+        raise UserInputError("fine-tuning needs a MedSeg package with a state-dict MONAI UNet", package.root)
+    values: Dict[str, Any] = {
+        "labels": [label.name for label in package.labels],
+        "out_dir": str(out_dir),
+        "roi_size": package.roi_size,
+        "inference_roi_size": package.roi_size,
+        "channels": tuple(parameters["channels"]),
+        "strides": tuple(parameters["strides"]),
+        "num_res_units": int(parameters.get("num_res_units", 0)),
+        "norm": parameters.get("norm", "instance"),
+        "in_channels": package.in_channels,
+        "modalities": list(package.manifest.get("input", {}).get("modalities", [])),
+        "preprocessing": package.preprocessing,
+        "overlap": float(package.inference.get("overlap", 0.25)),
+        "label_colors": [tuple(label.color) for label in package.labels],
+        "label_terminology": [label.terminology for label in package.labels],
+        "model_name": f"{package.name}-finetuned",
+        "model_version": package.version,
+        "description": f"{package.name} {package.version} fine-tuned",
+        "licence": package.manifest.get("licence", ""),
+        "init_weights": str(package.weights_path),
+        "resume": False,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
 
 
 def network_config(config: TrainConfig) -> Dict[str, Any]:
@@ -344,8 +439,15 @@ def train(
 
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = build_network(network_config(config)).to(device)
+    if config.init_weights:
+        try:
+            model.load_state_dict(torch.load(str(config.init_weights), map_location=device, weights_only=True))
+        except (OSError, RuntimeError) as error:
+            raise UserInputError(
+                f"cannot start from these weights: {str(error).splitlines()[0]}", config.init_weights
+            ) from None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=config.dice_over_batch)
     rng = np.random.default_rng([config.seed, rank])
     start_epoch, best_dice, best_epoch = 0, -1.0, -1
     last_path, best_path = work_dir / "checkpoint_last.pt", work_dir / "checkpoint_best.pt"
@@ -365,7 +467,7 @@ def train(
 
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = PatchSampler(cases, config.roi_size, config.pos_fraction, rng)
+    sampler = PatchSampler(cases, config.roi_size, config.pos_fraction, rng, config.label_sampling_weights)
     n_labels = len(config.labels)
     header = ["epoch", "train_loss", "mean_dice"] + [f"dice_{n}" for n in config.labels]
     header += ["seconds", "world_size", "ranks_max_weight_diff"]
@@ -374,23 +476,47 @@ def train(
             csv.writer(handle).writerow(header)
     started = time.perf_counter()
     total_steps = 0
+
+    def next_batch() -> Tuple[Any, Any]:
+        images, labels = [], []
+        for _b in range(config.batch_size):
+            image, label = augment(*sampler.sample(), rng, config)
+            images.append(image)
+            labels.append(label[None])
+        x = torch.from_numpy(np.stack(images)).to(device)
+        return x, torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)
+
+    def validate() -> List[float]:
+        model.eval()
+        scores = []
+        for case in val_cases:
+            logits = sliding_window_predict(
+                torch.from_numpy(case.image),
+                model,
+                tuple(config.inference_roi_size or config.roi_size),
+                overlap=config.overlap,
+                mode="gaussian",
+                sw_batch_size=2,
+                device=device,
+            )
+            scores.append(dice_per_label(torch.argmax(logits, 0).numpy(), case.labels, n_labels))
+        return list(np.nanmean(np.asarray(scores, dtype=np.float64), axis=0))
+
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         if config.lr_schedule == "poly":  # a function of the epoch only, so resuming keeps the schedule
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * (1 - epoch / config.epochs) ** 0.9
         ddp_model.train()
+        if config.freeze_batch_norm:
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         losses = []
         for _ in range(config.steps_per_epoch):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            images, labels = [], []
-            for _b in range(config.batch_size):
-                image, label = augment(*sampler.sample(), rng, config)
-                images.append(image)
-                labels.append(label[None])
-            x = torch.from_numpy(np.stack(images)).to(device)
-            y = torch.from_numpy(np.stack(labels).astype(np.int64)).to(device)
+            x, y = next_batch()
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp_model(x), y)
             loss.backward()
@@ -409,20 +535,7 @@ def train(
             weight_diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
         dice = [float("nan")] * n_labels
         if rank == 0 and val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            model.eval()
-            scores = []
-            for case in val_cases:
-                logits = sliding_window_predict(
-                    torch.from_numpy(case.image),
-                    model,
-                    config.roi_size,
-                    overlap=config.overlap,
-                    mode="gaussian",
-                    sw_batch_size=2,
-                    device=device,
-                )
-                scores.append(dice_per_label(torch.argmax(logits, 0).numpy(), case.labels, n_labels))
-            dice = list(np.nanmean(np.asarray(scores, dtype=np.float64), axis=0))
+            dice = validate()
         mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else float("nan")
         if rank == 0:
             improved = not np.isnan(mean_dice) and mean_dice > best_dice
@@ -461,6 +574,25 @@ def train(
             dist.barrier()
         if config.max_steps is not None and total_steps >= config.max_steps:
             break
+    if rank == 0 and config.bn_recalibration_batches > 0:
+        recal_started = time.perf_counter()
+        layers = recalibrate_batch_norm(model, lambda: next_batch()[0], config.bn_recalibration_batches)
+        if layers:
+            dice = validate() if val_cases else [float("nan")] * n_labels
+            mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else float("nan")
+            # the recalibrated final weights win ties: same training, better statistics
+            if not val_cases or (not np.isnan(mean_dice) and mean_dice >= best_dice):
+                best_dice, best_epoch = (mean_dice if val_cases else best_dice), config.epochs - 1
+                torch.save(model.state_dict(), str(best_path))
+            seconds = time.perf_counter() - recal_started
+            row = ["bn-recalibrated", "", f"{mean_dice:.4f}"] + [f"{d:.4f}" for d in dice]
+            row += [f"{seconds:.1f}", world, "0"]
+            with open(log_path, "a", newline="") as handle:
+                csv.writer(handle).writerow(row)
+            log(
+                f"batch norm recalibrated on {config.bn_recalibration_batches} batches ({layers} layers): mean Dice "
+                f"{mean_dice:.4f}  " + "  ".join(f"{n} {d:.3f}" for n, d in zip(config.labels, dice))
+            )
     summary: Dict[str, Any] = {
         "best_mean_dice": best_dice,
         "best_epoch": best_epoch,
@@ -511,7 +643,7 @@ def export_package(config: TrainConfig, weights: Optional[Path], model: Any = No
         "network": dict(network_config(config), weights="model.pt", format="state_dict"),
         "preprocessing": config.preprocessing,
         "inference": {
-            "roi_size": list(config.roi_size),
+            "roi_size": list(config.inference_roi_size or config.roi_size),
             "overlap": config.overlap,
             "mode": "gaussian",
             "sigma_scale": 0.125,
@@ -522,11 +654,16 @@ def export_package(config: TrainConfig, weights: Optional[Path], model: Any = No
             "epochs": config.epochs,
             "steps_per_epoch": config.steps_per_epoch,
             "batch_size": config.batch_size,
+            "patch_size": list(config.roi_size),
             "learning_rate": config.learning_rate,
             "lr_schedule": config.lr_schedule,
             "intensity_scale": config.intensity_scale,
             "intensity_shift": config.intensity_shift,
             "intensity_noise": config.intensity_noise,
+            "pos_fraction": config.pos_fraction,
+            "label_sampling_weights": config.label_sampling_weights,
+            "dice_over_batch": config.dice_over_batch,
+            "bn_recalibration_batches": config.bn_recalibration_batches,
         },
     }
     return write_model_package(out_dir, manifest, target)
