@@ -422,6 +422,7 @@ def test_segment_volume_node_output(scene, tmp_path) -> None:
     segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
     names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in ids]
     assert names == ["a", "bone"]
+    assert list(ids) == ["a", "bone"]  # IDs from the label names: the same input writes the same .seg.nrrd
     bone = segmentation.GetSegmentation().GetSegment(ids[1])
     assert "SCT^272673000^Bone" in bone.GetTerminology()
     assert np.allclose(bone.GetColor(), (241 / 255, 214 / 255, 145 / 255))
@@ -431,8 +432,9 @@ def test_segment_volume_node_output(scene, tmp_path) -> None:
         assert np.array_equal(mask > 0, result.labels == value)
     assert scene.GetFirstNodeByName("ct bone probability") is not None
     # re-running replaces the segments instead of duplicating them
-    segment_volume_node(volume, segmentation, model_path=package.root, device="cpu")
+    again = segment_volume_node(volume, segmentation, model_path=package.root, device="cpu")
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    assert list(again) == list(ids)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------

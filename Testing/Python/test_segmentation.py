@@ -81,12 +81,66 @@ def test_threshold_otsu_percentile_exact(phantom):
     mask = run_method(hu, ijk_to_ras, "threshold", parameters={"lower": -200, "upper": 100})[0].mask
     assert np.array_equal(mask, (hu >= -200) & (hu <= 100))
     otsu = run_method(hu, ijk_to_ras, "otsu")[0].mask  # air vs everything else: the patient and table
+    from MedSegLib.segmentation.core import SegmentationContext
+    from MedSegLib.segmentation.threshold import otsu_threshold
+
+    threshold = otsu_threshold(SegmentationContext(hu, ijk_to_ras), 256)
+    assert otsu.dtype == bool and np.array_equal(otsu, hu > threshold)  # the filter's own output, as a view
+    dark = run_method(hu, ijk_to_ras, "otsu", parameters={"foreground": "dark"})[0].mask
+    assert np.array_equal(dark, hu <= threshold)
     assert dice(otsu & (labels > 0), labels > 0) > 0.85  # lungs are on the dark side
     high = run_method(hu, ijk_to_ras, "percentile", parameters={"lower_percentile": 99.0})[0].mask
     assert abs(high.mean() - 0.01) < 0.005
     classes = run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 3})
     assert len(classes) == 2 and all(c.mask.any() for c in classes)
     assert not np.any(classes[0].mask & classes[1].mask)
+
+
+def test_multi_otsu_classes_are_views_of_one_label_image(phantom, scene):
+    """Multi-Otsu segments are ``labels == value`` of the filter's label image (no per-class mask is built),
+    equal voxel for voxel to thresholding at the reported thresholds, with and without a mask, and written
+    into a segmentation node by one label-map import (names, colours kept; a re-run replaces them)."""
+    import slicer
+
+    from MedSegLib.segmentation import run_method, segment_volume_node
+    from MedSegLib.segmentation.core import SegmentationContext
+    from MedSegLib.segmentation.threshold import multi_otsu_thresholds
+
+    hu, labels, ijk_to_ras = phantom
+    low, high = multi_otsu_thresholds(SegmentationContext(hu, ijk_to_ras), 3, 256)
+    classes = run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 3})
+    assert [c.name for c in classes] == ["Class_2", "Class_3"]
+    assert all(c.is_labelled for c in classes) and classes[0].labels is classes[1].labels
+    assert np.array_equal(classes[0].mask, (hu > low) & (hu <= high))
+    assert np.array_equal(classes[1].mask, hu > high)
+    everything = run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 3, "include_lowest": True})
+    assert np.array_equal(everything[0].mask, hu <= low) and len(everything) == 3
+    body = labels > 0
+    masked = run_method(hu, ijk_to_ras, "multi-otsu", mask=body, parameters={"classes": 3})
+    m_low, m_high = multi_otsu_thresholds(SegmentationContext(hu, ijk_to_ras, mask=body), 3, 256)
+    assert (m_low, m_high) != (low, high)  # the histogram is the body's only
+    assert np.array_equal(masked[0].mask, body & (hu > m_low) & (hu <= m_high))
+    assert np.array_equal(masked[1].mask, body & (hu > m_high))
+    # post-processing materialises the masks
+    largest = run_method(hu, ijk_to_ras, "multi-otsu", parameters={"classes": 3, "keep_largest_island": True})
+    assert not largest[1].is_labelled and not np.any(largest[1].mask & (hu <= high))
+
+    volume, _ = selftests.phantom_volume(scene)
+    array = slicer.util.arrayFromVolume(volume)
+    result = segment_volume_node(volume, method="multi-otsu", classes=3)
+    node_low, node_high = multi_otsu_thresholds(SegmentationContext(array, np.eye(4)), 3, 256)
+    seg = result.segmentation.GetSegmentation()
+    assert [seg.GetSegment(s).GetName() for s in result.segment_ids] == ["Class_2", "Class_3"]
+    first = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, result.segment_ids[0], volume)
+    second = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, result.segment_ids[1], volume)
+    assert np.array_equal(first.astype(bool), (array > node_low) & (array <= node_high))
+    assert np.array_equal(second.astype(bool), array > node_high)
+    colours = [seg.GetSegment(s).GetColor() for s in result.segment_ids]
+    again = segment_volume_node(volume, result.segmentation, method="multi-otsu", classes=3)
+    assert again.segment_ids == result.segment_ids and seg.GetNumberOfSegments() == 2
+    assert [seg.GetSegment(s).GetColor() for s in result.segment_ids] == colours
+    rewritten = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentation, result.segment_ids[1], volume)
+    assert np.array_equal(rewritten.astype(bool), array > node_high)
 
 
 def test_masking_restricts_result(phantom):

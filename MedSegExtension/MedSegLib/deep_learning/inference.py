@@ -254,9 +254,9 @@ def labels_to_segmentation(
     Returns the segment IDs in label order.
     """
     from MedSegLib.runtime import boot
-    from MedSegLib.volume_nodes import add_volume_node, get_ijk_to_ras
+    from MedSegLib.segmentation.output import write_label_array
 
-    runtime = boot()
+    boot()
     scene = reference_volume.GetScene()
     if segmentation is None:
         segmentation = scene.AddNewNodeByClass(
@@ -265,44 +265,22 @@ def labels_to_segmentation(
         segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     seg = segmentation.GetSegmentation()
-    for label in package.labels:
+    ids = []
+    for label in package.labels:  # values are 1..N in order (validated when the package loads)
         existing = seg.GetSegmentIdBySegmentName(label.name)
         if existing:
             seg.RemoveSegment(existing)
-    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{package.name}-labels")
-    colors.SetTypeToUser()
-    colors.SetNumberOfColors(len(package.labels) + 1)
-    colors.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-    for label in package.labels:
-        r, g, b = (c / 255.0 for c in label.color)
-        colors.SetColor(label.value, label.name, r, g, b, 1.0)
-    labelmap = add_volume_node(labels, get_ijk_to_ras(reference_volume), f"{package.name}-labelmap", scene, label=True)
-    try:
-        labelmap.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
-        before = set(seg.GetSegmentIDs())
-        if not runtime.logic("Segmentations").ImportLabelmapToSegmentationNode(labelmap, segmentation):
-            raise UserInputError("could not import the predicted label map into the segmentation")
-        added = [sid for sid in seg.GetSegmentIDs() if sid not in before]
-        by_name = {seg.GetSegment(sid).GetName(): sid for sid in added}
-        ids = []
-        for label in package.labels:
-            sid = by_name.get(label.name)
-            if sid is None:  # label absent from this image: keep an empty segment so every label is listed
-                sid = seg.AddEmptySegment("", label.name)
-            segment = seg.GetSegment(sid)
-            segment.SetColor(*(c / 255.0 for c in label.color))
-            entry = label.terminology_entry()
-            if entry:
-                segment.SetTag("TerminologyEntry", entry)
-            segment.SetTag("MedSegModel", f"{package.name} {package.version}")
-            ids.append(sid)
-        return ids
-    finally:
-        for node in (labelmap, colors):
-            display = node.GetDisplayNode() if hasattr(node, "GetDisplayNode") else None
-            if display is not None:
-                scene.RemoveNode(display)
-            scene.RemoveNode(node)
+        # segment ID = label name, as Slicer does for named segments: the same input gives the same file
+        sid = seg.AddEmptySegment("" if seg.GetSegment(label.name) else label.name, label.name)
+        segment = seg.GetSegment(sid)
+        segment.SetColor(*(c / 255.0 for c in label.color))
+        entry = label.terminology_entry()
+        if entry:
+            segment.SetTag("TerminologyEntry", entry)
+        segment.SetTag("MedSegModel", f"{package.name} {package.version}")
+        ids.append(sid)
+    write_label_array(segmentation, reference_volume, labels, ids)
+    return ids
 
 
 def segment_volume_node(

@@ -289,7 +289,9 @@ def import_seg(path: PathLike, scene: Any = None, name: Optional[str] = None, th
         seg = segmentation.GetSegmentation()
         for segment_data in contents.segments:
             mask = segment_data.mask >= threshold if contents.fractional else segment_data.mask
-            segment_id = seg.AddEmptySegment("", segment_data.name)
+            name = segment_data.name
+            # ID = segment label when free (as Slicer names segments), so the same SEG imports the same way
+            segment_id = seg.AddEmptySegment(name if name and not seg.GetSegment(name) else "", name)
             segment = seg.GetSegment(segment_id)
             segment.SetColor(*segment_data.color)
             if segment_data.terminology:

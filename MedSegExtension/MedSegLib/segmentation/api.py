@@ -40,6 +40,9 @@ POST_PARAMS: Tuple[Param, ...] = (
     Param("hollow_mm", float, 0.0, "post: replace by an inside shell this thick (0 = off)", "mm", 0.0),
 )
 
+# Options that change a mask when true / non-zero (mask_lower/upper: when not None; smoothing: when not "none").
+_POST_SWITCHES = ("keep_largest_island", "min_island_mm3", "fill_holes", "margin_mm", "hollow_mm")
+
 _POST_METHOD = Method("post-processing", "Post-processing", "", lambda ctx, p: [], POST_PARAMS)
 
 
@@ -132,8 +135,19 @@ def seeds_from_markups(node: Any, group: Optional[str] = None) -> List[SeedPoint
 def post_process(ctx: SegmentationContext, segments: List[SegmentMask], post: Mapping[str, Any]) -> List[SegmentMask]:
     """Apply the post-processing options to every segment (order in the module docstring)."""
     spacing = ctx.spacing_ijk
+    active = (
+        post.get("mask_lower") is not None
+        or post.get("mask_upper") is not None
+        or any(post.get(name) for name in _POST_SWITCHES)
+        or post.get("smoothing", "none") != "none"
+    )
     result = []
     for segment in segments:
+        if not active and (segment.is_labelled or (ctx.mask is None and segment.mask.dtype == bool)):
+            # Nothing to do: keep the segment as it is (a labelled one stays a view of its label image;
+            # methods already restrict labelled segments to the context mask).
+            result.append(segment)
+            continue
         mask = np.asarray(segment.mask, dtype=bool)
         if post.get("mask_lower") is not None or post.get("mask_upper") is not None:
             mask = postprocess.mask_by_intensity(mask, ctx.array, post.get("mask_lower"), post.get("mask_upper"))
@@ -206,7 +220,7 @@ def run_method(
     segments = method.run(ctx, method_params)
     ctx.report(0.8, "post-processing")
     segments = post_process(ctx, segments, post_params)
-    if not any(np.any(segment.mask) for segment in segments):
+    if not any(segment.any() for segment in segments):
         raise UserInputError(f"{method.name}: the result is empty after post-processing")
     ctx.report(1.0, "done")
     return segments
@@ -240,7 +254,7 @@ def segment_volume_node(
     """
     import slicer
 
-    from MedSegLib.segmentation.output import ensure_segmentation_node, write_segment
+    from MedSegLib.segmentation.output import ensure_segmentation_node, write_segments
 
     if volume is None or volume.GetImageData() is None:
         raise UserInputError("segment: no input volume (or it has no voxels)")
@@ -260,9 +274,7 @@ def segment_volume_node(
     timings["compute"] = time.perf_counter() - started
     started = time.perf_counter()
     segmentation = ensure_segmentation_node(volume, segmentation)
-    ids = [
-        write_segment(segmentation, volume, s.name, s.mask, s.terminology, s.color, replace_existing) for s in segments
-    ]
+    ids = write_segments(segmentation, volume, segments, replace_existing)
     timings["write"] = time.perf_counter() - started
     method_params, post_params = split_parameters(method, given)
     return SegmentationResult(segmentation, ids, method.name, {**method_params, **post_params}, timings)

@@ -25,14 +25,73 @@ class SeedPoint:
     group: str = ""
 
 
-@dataclass
 class SegmentMask:
-    """One output segment: a boolean/uint8 mask on the source grid plus how to present it."""
+    """One output segment on the source grid plus how to present it (name, terminology, colour).
 
-    name: str
-    mask: np.ndarray
-    terminology: Optional[str] = None  # 3dSlicerLabel in MedSeg's terminology (e.g. "liver", "right lung")
-    color: Optional[Tuple[float, float, float]] = None
+    The voxels are either a boolean/uint8 ``mask`` or, for methods whose filter already produces one label
+    image for several segments (multi-Otsu), ``labels`` + ``value``: the segment is ``labels == value``.
+    That mask is derived only when someone reads :attr:`mask` (not kept, so N segments never hold N
+    full-volume masks at once); the writer imports the shared label image directly (one copy for all
+    segments, see :func:`MedSegLib.segmentation.output.write_segments`)."""
+
+    __slots__ = ("name", "_mask", "terminology", "color", "labels", "value")
+
+    def __init__(
+        self,
+        name: str,
+        mask: Optional[np.ndarray] = None,
+        terminology: Optional[str] = None,  # 3dSlicerLabel in MedSeg's terminology (e.g. "liver", "right lung")
+        color: Optional[Tuple[float, float, float]] = None,
+        labels: Optional[np.ndarray] = None,
+        value: int = 1,
+    ) -> None:
+        if mask is None and labels is None:
+            raise ValueError("SegmentMask needs a mask or a label array")
+        self.name = name
+        self._mask = mask
+        self.terminology = terminology
+        self.color = color
+        self.labels = labels
+        self.value = int(value)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self._mask if self._mask is not None else self.labels == self.value
+
+    @mask.setter
+    def mask(self, mask: np.ndarray) -> None:
+        self._mask, self.labels = mask, None
+
+    @property
+    def is_labelled(self) -> bool:
+        """True when the voxels are ``labels == value`` of a shared label array (not materialised)."""
+        return self._mask is None
+
+    def any(self) -> bool:
+        """Whether the segment has a voxel, without building a full-volume mask for labelled segments."""
+        if self._mask is not None:
+            return bool(np.any(self._mask))
+        return label_present(self.labels, self.value)
+
+    def __repr__(self) -> str:
+        kind = f"labels=={self.value}" if self.is_labelled else "mask"
+        return f"SegmentMask({self.name!r}, {kind}, terminology={self.terminology!r})"
+
+
+def label_present(labels: np.ndarray, value: int) -> bool:
+    """``np.any(labels == value)`` one slab at a time from the middle outwards, stopping at the first hit
+    (a present class is usually found in the first slab, so this touches a few MB, not the volume)."""
+    if labels.ndim == 0 or labels.shape[0] == 0:
+        return False
+    count = labels.shape[0]
+    middle = count // 2
+    order = [middle]
+    for offset in range(1, count):
+        if middle + offset < count:
+            order.append(middle + offset)
+        if middle - offset >= 0:
+            order.append(middle - offset)
+    return any(bool(np.any(labels[index] == value)) for index in order)
 
 
 @dataclass
@@ -126,6 +185,26 @@ class SegmentationContext:
         if self.mask is not None:
             mask = mask & self.mask  # not in place: ``mask`` may be a read-only view of a filter output
         return mask
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's buffer to numpy while holding the image (see :func:`array_view`)."""
+
+    def __init__(self, image: Any, view: np.ndarray) -> None:
+        self.image = image
+        self.__array_interface__ = view.__array_interface__
+
+
+def array_view(image: Any, dtype: Any = None) -> np.ndarray:
+    """A numpy view [k, j, i] of a SimpleITK image's voxels (no copy) that keeps the image alive for as long
+    as the array (or any view of it) exists - unlike ``sitk.GetArrayViewFromImage``, whose view dangles once
+    the image is collected. Used to hand a filter's output to the caller as it is. ``dtype``: reinterpret
+    the bytes (e.g. a 0/1 uint8 mask as bool)."""
+    import SimpleITK as sitk
+
+    view = sitk.GetArrayViewFromImage(image)
+    array = np.asarray(_ImageBuffer(image, view))
+    return array.view(dtype) if dtype is not None else array
 
 
 def ras_to_ijk(ijk_to_ras: np.ndarray, ras: np.ndarray) -> np.ndarray:

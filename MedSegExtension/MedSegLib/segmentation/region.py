@@ -18,6 +18,7 @@ from MedSegLib.segmentation import postprocess
 from MedSegLib.segmentation.core import (
     SegmentationContext,
     SegmentMask,
+    array_view,
     radius_in_voxels,
     require_nonempty,
 )
@@ -125,7 +126,7 @@ def run_region_growing(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segm
     lower, upper = seed_range(ctx, p)
     ctx.report(0.2, f"growing in [{lower:.0f}, {upper:.0f}]")
     grown = sitk.ConnectedThreshold(ctx.image, seedList=seeds, lower=lower, upper=upper, replaceValue=1)
-    mask = sitk.GetArrayFromImage(grown).view(bool)  # 0/1 bytes read as bool: one copy, not two
+    mask = array_view(grown, bool)  # the filter's 0/1 output read as bool in place: no copy
     mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
     mask = ctx.finish(mask)
     require_nonempty(mask, ctx.method_name, f"seed intensities outside [{lower:g}, {upper:g}]")
@@ -145,7 +146,7 @@ def run_confidence_connected(ctx: SegmentationContext, p: Dict[str, Any]) -> Lis
         initialNeighborhoodRadius=radius,
         replaceValue=1,
     )
-    mask = sitk.GetArrayFromImage(grown).view(bool)
+    mask = array_view(grown, bool)
     mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
     mask = ctx.finish(mask)
     require_nonempty(mask, ctx.method_name, "try a larger --multiplier")

@@ -7,12 +7,12 @@ that e.g. air outside the body does not dominate the histogram.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from MedSegLib.errors import UserInputError
-from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, require_nonempty
+from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, array_view, require_nonempty
 from MedSegLib.segmentation.params import SEEDS_NONE, Method, Param, check_range
 
 
@@ -49,60 +49,89 @@ def _masked_image(ctx: SegmentationContext) -> Any:
 
 def otsu_threshold(ctx: SegmentationContext, bins: int) -> float:
     """Otsu's threshold of the volume (inside the context mask if any)."""
+    return otsu(ctx, bins)[0]
+
+
+def otsu(ctx: SegmentationContext, bins: int, bright: bool = True) -> Tuple[float, Any]:
+    """(Otsu's threshold, the filter's binary output): 1 where the value is above the threshold
+    (``bright``) or at/below it, as ITK labels them (inside = value <= threshold); the output image is
+    used as the segment's voxels, so MedSeg adds no pass over the volume."""
     import SimpleITK as sitk
 
     otsu = sitk.OtsuThresholdImageFilter()
     otsu.SetNumberOfHistogramBins(int(bins))
-    otsu.SetInsideValue(0)
-    otsu.SetOutsideValue(1)
+    otsu.SetInsideValue(0 if bright else 1)
+    otsu.SetOutsideValue(1 if bright else 0)
     mask_image = _masked_image(ctx)
     if mask_image is not None:
         otsu.SetMaskValue(1)
-        otsu.Execute(ctx.image, mask_image)
+        output = otsu.Execute(ctx.image, mask_image)
     else:
-        otsu.Execute(ctx.image)
-    return float(otsu.GetThreshold())
+        output = otsu.Execute(ctx.image)
+    return float(otsu.GetThreshold()), output
 
 
 def run_otsu(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
-    threshold = otsu_threshold(ctx, p["bins"])
-    mask = ctx.array > threshold if p["foreground"] == "bright" else ctx.array <= threshold
-    mask = ctx.finish(mask)
+    threshold, output = otsu(ctx, p["bins"], p["foreground"] == "bright")
+    # The 0/1 uint8 output viewed as bool (same bytes); with a mask the threshold is the masked histogram's
+    # and the result is restricted to the mask by ``finish``.
+    mask = ctx.finish(array_view(output, bool))
     require_nonempty(mask, ctx.method_name, f"Otsu threshold {threshold:g}")
     return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
 
 
 def multi_otsu_thresholds(ctx: SegmentationContext, classes: int, bins: int) -> List[float]:
+    """The ``classes - 1`` multi-Otsu thresholds (inside the context mask if any), ascending."""
+    return multi_otsu(ctx, classes, bins)[0]
+
+
+def multi_otsu(ctx: SegmentationContext, classes: int, bins: int) -> Tuple[List[float], Any]:
+    """(thresholds, class label image or None).
+
+    Without a mask, the filter's own output is the class image (class index 0..N-1 per voxel, computed
+    by ITK's multi-threaded labeller in the same call), so MedSeg adds no pass over the volume. With a
+    mask, the thresholds come from a histogram of the masked voxels only (a 1-D image of them) and the
+    label image is None (the caller labels the masked voxels)."""
     import SimpleITK as sitk
 
     otsu = sitk.OtsuMultipleThresholdsImageFilter()
     otsu.SetNumberOfThresholds(int(classes) - 1)
     otsu.SetNumberOfHistogramBins(int(bins))
     otsu.SetValleyEmphasis(False)
-    image = ctx.image
-    if ctx.mask is not None:
-        # Histogram of the masked voxels only: a 1-D image of them.
-        values = ctx.array[ctx.mask]
-        if values.size == 0:
-            raise UserInputError(f"{ctx.method_name}: the mask is empty")
-        image = sitk.GetImageFromArray(values.reshape(1, 1, -1))
-    otsu.Execute(image)
-    return sorted(float(t) for t in otsu.GetThresholds())
+    if ctx.mask is None:
+        labelled = otsu.Execute(ctx.image)
+        return sorted(float(t) for t in otsu.GetThresholds()), labelled
+    values = ctx.array[ctx.mask]
+    if values.size == 0:
+        raise UserInputError(f"{ctx.method_name}: the mask is empty")
+    otsu.Execute(sitk.GetImageFromArray(values.reshape(1, 1, -1)))
+    return sorted(float(t) for t in otsu.GetThresholds()), None
+
+
+def _class_labels(ctx: SegmentationContext, thresholds: List[float]) -> np.ndarray:
+    """Class index + 1 of every voxel inside the context mask (0 outside), uint8."""
+    labels = np.zeros(ctx.shape, dtype=np.uint8)
+    inside = ctx.mask
+    labels[inside] = 1
+    for threshold in thresholds:  # class = number of thresholds below the value (ITK: value > t -> next class)
+        labels += (ctx.array > threshold) & inside
+    return labels
 
 
 def run_multi_otsu(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
-    thresholds = multi_otsu_thresholds(ctx, p["classes"], p["bins"])
-    edges = [None] + thresholds + [None]
+    """One segment per intensity class, all views of one label image (see :class:`SegmentMask`): the
+    per-class masks are never built here, the writer imports the label image as it is."""
+    thresholds, labelled = multi_otsu(ctx, p["classes"], p["bins"])
+    if labelled is not None:
+        labels, offset = array_view(labelled), 0  # class index per voxel
+    else:
+        labels, offset = _class_labels(ctx, thresholds), 1
     segments = []
     first = 0 if p["include_lowest"] else 1
-    for index in range(first, len(edges) - 1):
-        lower, upper = edges[index], edges[index + 1]
-        mask = np.ones(ctx.shape, dtype=bool) if lower is None else ctx.array > lower
-        if upper is not None:
-            mask &= ctx.array <= upper
-        mask = ctx.finish(mask)
-        if np.any(mask):
-            segments.append(SegmentMask(f"{p['segment_name']}_{index + 1}", mask))
+    for index in range(first, len(thresholds) + 1):
+        segment = SegmentMask(f"{p['segment_name']}_{index + 1}", labels=labels, value=index + offset)
+        if segment.any():
+            segments.append(segment)
     if not segments:
         raise UserInputError(f"{ctx.method_name}: every class is empty")
     return segments
