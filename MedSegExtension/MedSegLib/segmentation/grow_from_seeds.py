@@ -140,20 +140,7 @@ def _propagate(state, labels, heap, size, offsets, steps):
                 labels[neighbour] = label
                 scratch[0] = candidate
                 entry = (np.uint64(bits[0]) << shift) | np.uint64(neighbour)
-                # push: grow when full, then sift up
-                if size == heap.shape[0]:
-                    grown = np.empty(2 * size, dtype=heap.dtype)
-                    grown[:size] = heap
-                    heap = grown
-                position = size
-                while position > 0:
-                    parent = (position - 1) >> 2
-                    if heap[parent] <= entry:
-                        break
-                    heap[position] = heap[parent]
-                    position = parent
-                heap[position] = entry
-                size += 1
+                heap, size = _heap_push(heap, size, entry)
     return visited, heap
 
 
