@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from MedSegLib.errors import UserInputError
-from MedSegLib.pacs.dimse import FILTERS, LEVELS, RetrieveResult, StoreResult, normalise_filters
+from MedSegLib.pacs.dimse import FILTERS, LEVELS, RetrieveResult, StoreResult, locate_uid, normalise_filters
 from MedSegLib.pacs.nodes import PacsError, PacsNode
 from MedSegLib.pacs.receive import DatabaseReceiver
 from MedSegLib.progress import ProgressCallback, report
@@ -162,16 +162,8 @@ def retrieve(
     started = time.perf_counter()
     receiver = DatabaseReceiver(database_dir)
     web = client(node)
-    study_uid = uid
-    if level != "study":
-        rows = search(node, "series", {"series_uid": uid})
-        if rows:
-            level, study_uid = "series", rows[0].get("StudyInstanceUID", "")
-        elif search(node, "study", {"study_uid": uid}):
-            level = "study"
-        else:
-            raise PacsError(f"DICOMweb {node.web_url} holds no study or series with UID {uid}")
-    result = RetrieveResult(database=str(database_dir), level=level or "study", uid=uid)
+    level, study_uid = (level, uid) if level == "study" else locate_uid(node, uid, search, f"DICOMweb {node.web_url}")
+    result = RetrieveResult(database=str(database_dir), level=level, uid=uid)
     try:
         if level == "series":
             instances = web.iter_series(study_instance_uid=study_uid, series_instance_uid=uid)

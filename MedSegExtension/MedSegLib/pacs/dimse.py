@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from MedSegLib.errors import UserInputError
 from MedSegLib.pacs.nodes import PacsError, PacsNode
@@ -370,15 +370,21 @@ def find(node: PacsNode, level: str, filters: Optional[Dict[str, Optional[str]]]
         return results
 
 
-def locate_uid(node: PacsNode, uid: str) -> Tuple[str, str]:
-    """(level, study UID) of a series or study UID on the server; a UID it does not hold is a user error."""
-    series = find(node, "series", {"series_uid": uid})
+def locate_uid(
+    node: PacsNode, uid: str, query: Optional[Callable[..., List[Dict[str, str]]]] = None, server: str = ""
+) -> Tuple[str, str]:
+    """(level, study UID) of a series or study UID on the server; a UID it does not hold is a user error.
+
+    ``query`` is the level search to ask (C-FIND by default; DICOMweb passes its QIDO-RS search) and ``server``
+    names the server in that error."""
+    query = query or find
+    series = query(node, "series", {"series_uid": uid})
     if series:
         return "series", series[0].get("StudyInstanceUID", "")
-    studies = find(node, "study", {"study_uid": uid})
+    studies = query(node, "study", {"study_uid": uid})
     if studies:
         return "study", uid
-    raise PacsError(f"PACS {node.describe()} holds no study or series with UID {uid}")
+    raise PacsError(f"{server or 'PACS ' + node.describe()} holds no study or series with UID {uid}")
 
 
 def _retrieve_identifier(level: str, uid: str, study_uid: str) -> Any:
