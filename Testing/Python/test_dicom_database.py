@@ -33,7 +33,8 @@ from MedSegLib.dicom.database import (
     describe_database,
     human_readable_patient_name,
 )
-from MedSegLib.dicom.indexer import CACHED_TAGS, HEADER_TAGS, cache_json, import_paths, read_header
+from MedSegLib.dicom.header_reader import CACHED_TAGS, HEADER_TAGS, cache_json, read_header
+from MedSegLib.dicom.indexer import import_paths
 
 EXPECTED_CTK_SCHEMA = r"""
 DROP TABLE IF EXISTS 'SchemaInfo' ;

@@ -29,18 +29,11 @@ from MedSegLib.dicom.database import (
     now_timestamp,
     utc_timestamp,
 )
-from MedSegLib.dicom.header_reader import (  # noqa: F401 - re-exported: the importer's public names
+from MedSegLib.dicom.header_reader import (
     CACHED_KEYS,
-    CACHED_TAGS,
-    HEADER_TAGS,
-    TAG_KEYWORDS,
     DicomReadError,
-    HeaderRecord,
     NotDicomError,
-    cache_json,
-    element_to_string,
     read_header,
-    read_tag_from_file,
 )
 
 if TYPE_CHECKING:
