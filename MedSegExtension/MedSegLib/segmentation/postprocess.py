@@ -29,19 +29,27 @@ def _image(mask: np.ndarray, spacing_ijk: Optional[Sequence[float]] = None) -> A
 
 
 def _array(image: Any) -> np.ndarray:
+    """A filter's 0/1 output as a bool array: a read-only view of the image's own buffer (no copy) for
+    uint8 images, which every binary filter here writes."""
     import SimpleITK as sitk
 
-    array = sitk.GetArrayFromImage(image)
-    # Binary filters here write 0/1 bytes: read them as bool instead of converting (one copy, not two).
-    return array.view(bool) if array.dtype == np.uint8 and image.GetPixelID() == sitk.sitkUInt8 else array.astype(bool)
+    from MedSegLib.segmentation.core import array_view
+
+    if image.GetPixelID() == sitk.sitkUInt8:
+        return array_view(image, bool)
+    return sitk.GetArrayViewFromImage(image).astype(bool)
 
 
 def label_islands(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:
     """Component labels 1..n sorted by decreasing size (0 = background)."""
     import SimpleITK as sitk
 
+    from MedSegLib.segmentation.core import array_view
+
     components = sitk.ConnectedComponent(_image(mask), fully_connected)
-    return sitk.GetArrayFromImage(sitk.RelabelComponent(components, 0, True))
+    relabelled = sitk.RelabelComponent(components, 0, True)
+    del components  # peak = two uint32 images; the result is a read-only view of the second (no copy)
+    return array_view(relabelled)
 
 
 def keep_largest_island(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:
@@ -56,9 +64,22 @@ def remove_small_islands(mask: np.ndarray, min_voxels: int, fully_connected: boo
 
     if min_voxels <= 1 or not np.any(mask):
         return np.asarray(mask, dtype=bool)
-    components = sitk.ConnectedComponent(_image(mask), fully_connected)
-    relabelled = sitk.RelabelComponent(components, int(min_voxels), True)
-    return sitk.GetArrayFromImage(relabelled) > 0
+    from MedSegLib.segmentation.core import array_view
+
+    labels = array_view(sitk.ConnectedComponent(_image(mask), fully_connected))
+    # One uint32 label image; sizes and the keep look-up run a slab at a time (numpy would widen the
+    # whole label array to 8-byte indices otherwise).
+    step = max(1, (1 << 22) // max(1, labels[0].size))
+    sizes = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    for start in range(0, labels.shape[0], step):
+        slab = labels[start : start + step]
+        sizes += np.bincount(slab.ravel(), minlength=sizes.size)
+    keep = sizes >= int(min_voxels)
+    keep[0] = False
+    out = np.empty(labels.shape, dtype=bool)
+    for start in range(0, labels.shape[0], step):
+        out[start : start + step] = keep[labels[start : start + step]]
+    return out
 
 
 def islands_containing(mask: np.ndarray, seeds_ijk: np.ndarray, fully_connected: bool = False) -> np.ndarray:
@@ -130,18 +151,44 @@ def signed_distance_mm(mask: np.ndarray, spacing_ijk: Sequence[float]) -> np.nda
     """Signed distance to the mask boundary in mm (negative inside), float32."""
     import SimpleITK as sitk
 
+    from MedSegLib.segmentation.core import array_view
+
     distance = sitk.SignedMaurerDistanceMap(
         _image(mask, spacing_ijk), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
     )
-    return sitk.GetArrayFromImage(distance)
+    return array_view(distance)  # read-only view of the filter's float32 buffer (no copy)
+
+
+# Voxels per slab for slab-wise margins: the distance map of a slab (float32) stays ~64 MiB.
+MARGIN_SLAB_VOXELS = 1 << 24
 
 
 def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
     """Grow (positive) or shrink (negative) by ``margin_mm`` using the Euclidean distance in mm,
     so the result is the same on anisotropic voxels as on isotropic ones. When shrinking, anatomy cut
-    by the edge of the scan is assumed to continue beyond it (the border does not erode)."""
+    by the edge of the scan is assumed to continue beyond it (the border does not erode).
+
+    Large volumes are processed in slabs of slices with a halo deeper than the margin: whether a voxel
+    lies within ``margin_mm`` of the boundary depends only on voxels within that distance, so the result
+    is the same as for the whole volume, with the distance map's memory bounded by the slab."""
     mask = np.asarray(mask, dtype=bool)
     if margin_mm == 0 or not np.any(mask):
+        return mask
+    halo = int(np.ceil(abs(margin_mm) / float(spacing_ijk[2]))) + 1
+    slab = max(1, MARGIN_SLAB_VOXELS // max(1, mask[0].size))
+    if mask.shape[0] <= slab + 2 * halo:
+        return _margin_whole(mask, margin_mm, spacing_ijk)
+    out = np.empty(mask.shape, dtype=bool)
+    for start in range(0, mask.shape[0], slab):
+        stop = min(start + slab, mask.shape[0])
+        low, high = max(0, start - halo), min(mask.shape[0], stop + halo)
+        part = mask[low:high]
+        out[start:stop] = _margin_whole(part, margin_mm, spacing_ijk)[start - low : stop - low] if part.any() else False
+    return out
+
+
+def _margin_whole(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
+    if not np.any(mask):
         return mask
     if margin_mm > 0:
         return mask | (signed_distance_mm(mask, spacing_ijk) <= margin_mm)
@@ -213,8 +260,10 @@ def mask_by_intensity(
 
 
 def hysteresis(weak: np.ndarray, strong: np.ndarray, fully_connected: bool = True) -> np.ndarray:
-    """Components of ``weak`` that contain at least one ``strong`` voxel (two-level threshold)."""
-    labels = label_islands(weak, fully_connected)
-    wanted = np.unique(labels[strong & weak])
-    wanted = wanted[wanted > 0]
-    return np.isin(labels, wanted)
+    """Components of ``weak`` that contain at least one ``strong`` voxel (two-level threshold): ITK's
+    binary reconstruction by dilation of ``strong & weak`` under ``weak``, on run-length label maps."""
+    import SimpleITK as sitk
+
+    weak_image = _image(weak)
+    marker = _image(np.logical_and(strong, weak))
+    return _array(sitk.BinaryReconstructionByDilation(marker, weak_image, 0, 1, fully_connected))

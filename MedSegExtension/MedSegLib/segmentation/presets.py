@@ -223,14 +223,32 @@ def run_airway(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]
 def noise_sd(ctx: SegmentationContext, body: np.ndarray) -> float:
     """Image noise (HU, one SD) from differences of in-plane neighbours inside soft tissue (-100..100 HU):
     a robust (MAD) estimate, so edges and texture barely move it."""
-    a = ctx.array[:, :, 1:]
-    b = ctx.array[:, :, :-1]
-    soft = (a > -100) & (a < 100) & (b > -100) & (b < 100) & body[:, :, 1:]
-    difference = a[soft].astype(np.float32) - b[soft].astype(np.float32)
+    parts = []
+    step = max(1, (1 << 22) // max(1, ctx.array[0].size))  # a slab at a time: the temporaries stay small
+    for start in range(0, ctx.shape[0], step):
+        a = ctx.array[start : start + step, :, 1:]
+        b = ctx.array[start : start + step, :, :-1]
+        soft = (a > -100) & (a < 100) & (b > -100) & (b < 100) & body[start : start + step, :, 1:]
+        parts.append(a[soft].astype(np.float32) - b[soft].astype(np.float32))
+    difference = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    del parts
     if difference.size < 100:
         return 0.0
     mad = float(np.median(np.abs(difference - np.median(difference))))
     return 1.4826 * mad / float(np.sqrt(2.0))
+
+
+def _label_mean_sd(values: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of ``values`` per label 1..count, from the labelled voxels only (scipy's ndimage.mean
+    and standard_deviation widen the whole volume to float64 and the labels to 8-byte indices)."""
+    inside = labels > 0
+    index = labels[inside]
+    sample = values[inside].astype(np.float64)
+    del inside
+    n = np.maximum(np.bincount(index, minlength=count + 1)[1:], 1)
+    mean = np.bincount(index, sample, minlength=count + 1)[1:] / n
+    sd = np.sqrt(np.maximum(np.bincount(index, sample * sample, minlength=count + 1)[1:] / n - mean * mean, 0.0))
+    return mean, sd
 
 
 def _fluid_like_regions(
@@ -248,13 +266,22 @@ def _fluid_like_regions(
     if count == 0 or sigma <= 0:
         return np.zeros(ctx.shape, dtype=bool)
     # Each core grows back to the soft voxels nearest to it (within the radius): one region per core.
-    _, nearest = ndimage.distance_transform_edt(labels == 0, sampling=ctx.spacing_kji, return_indices=True)
-    regions = labels[tuple(nearest)]
-    del nearest
-    regions[~(postprocess.margin(core, radius + 0.5 * float(max(spacing[:2])), spacing) & soft)] = 0
-    sd = np.asarray(ndimage.standard_deviation(ctx.array.astype(np.float32), regions, np.arange(1, count + 1)))
-    fluid = np.flatnonzero(sd < p["texture_ratio"] * sigma) + 1
-    return np.isin(regions, fluid) if fluid.size else np.zeros(ctx.shape, dtype=bool)
+    # Every core voxel lies in ``near``, so the nearest-core search runs inside its bounding box.
+    near = postprocess.margin(core, radius + 0.5 * float(max(spacing[:2])), spacing) & soft
+    del core
+    box = ndimage.find_objects(near.astype(np.uint8))[0]
+    nearest = ndimage.distance_transform_edt(
+        labels[box] == 0, sampling=ctx.spacing_kji, return_distances=False, return_indices=True
+    )
+    regions = labels[box][tuple(nearest)]
+    del nearest, labels
+    regions[~near[box]] = 0
+    _, sd = _label_mean_sd(ctx.array[box], regions, count)
+    fluid = np.zeros(ctx.shape, dtype=bool)
+    fluid_labels = np.flatnonzero(sd < p["texture_ratio"] * sigma) + 1
+    if fluid_labels.size:
+        fluid[box] = np.isin(regions, fluid_labels)
+    return fluid
 
 
 def _cavities(ctx: SegmentationContext, closed: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
@@ -268,7 +295,7 @@ def _cavities(ctx: SegmentationContext, closed: np.ndarray, p: Dict[str, Any]) -
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     labels, count = ndimage.label(holes, structure=in_plane)
-    means = np.asarray(ndimage.mean(ctx.array, labels, np.arange(1, count + 1)))
+    means, _ = _label_mean_sd(ctx.array, labels, count)
     canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
     return holes & ~np.isin(labels, canal) if canal.size else holes
 

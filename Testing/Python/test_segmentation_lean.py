@@ -1,0 +1,57 @@
+"""The memory-lean post-processing primitives give exactly what the plain whole-volume numpy/scipy
+computations give (slab-wise margins, run-length hysteresis, slab-wise island sizes, sparse label stats)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from MedSegLib.segmentation import postprocess, presets
+
+
+def _blobs(shape=(40, 30, 33), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random(shape) > 0.55)
+    mask[:, :5] = True  # touches the scan border (shrinking must not erode it)
+    return mask
+
+
+@pytest.mark.parametrize("margin_mm", [2.5, -2.5, 4.05, -4.05, 1.0])
+def test_slab_margin_equals_whole_volume(monkeypatch, margin_mm) -> None:
+    mask = _blobs()
+    spacing = (0.8, 0.9, 1.1)
+    whole = postprocess.margin(mask, margin_mm, spacing)
+    monkeypatch.setattr(postprocess, "MARGIN_SLAB_VOXELS", 30 * 33 * 3)  # 3-slice slabs, halo 3-5 slices
+    slabs = postprocess.margin(mask, margin_mm, spacing)
+    assert np.array_equal(whole, slabs)
+    # and the whole-volume result is the Euclidean distance rule itself (scipy's EDT as the reference;
+    # margins that are no exact voxel-distance tie: ITK computes in float32, scipy in float64)
+    if margin_mm > 0:
+        reference = ndimage.distance_transform_edt(~mask, sampling=spacing[::-1]) <= margin_mm
+        assert np.array_equal(whole, reference | mask)
+
+
+def test_hysteresis_and_islands_equal_scipy_labelling() -> None:
+    mask = _blobs(seed=1)
+    strong = np.zeros_like(mask)
+    strong[::7, ::5, ::3] = True
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    wanted = np.unique(labels[strong & mask])
+    assert np.array_equal(postprocess.hysteresis(mask, strong), np.isin(labels, wanted[wanted > 0]))
+    labels, count = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())
+    for minimum in (2, 10, 200):
+        keep = sizes >= minimum
+        keep[0] = False
+        assert np.array_equal(postprocess.remove_small_islands(mask, minimum), keep[labels])
+
+
+def test_label_mean_sd_equals_scipy() -> None:
+    rng = np.random.default_rng(2)
+    values = rng.integers(-1000, 2000, size=(20, 30, 30)).astype(np.int16)
+    labels, count = ndimage.label(_blobs((20, 30, 30), seed=3))
+    mean, sd = presets._label_mean_sd(values, labels, count)
+    index = np.arange(1, count + 1)
+    np.testing.assert_allclose(mean, ndimage.mean(values, labels, index), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sd, ndimage.standard_deviation(values, labels, index), rtol=1e-9, atol=1e-6)
