@@ -57,25 +57,32 @@ def _drop_flat_plates(ctx: SegmentationContext, mask: np.ndarray, ratio: float =
     """Remove components (other than the largest) that are flat plates under/over the patient: the
     table. A plate is ``ratio`` times wider (patient left-right) than thick (anterior-posterior); arms
     and legs are roughly round in cross-section, so they stay."""
-    labels = postprocess.label_islands(mask)
-    count = int(labels.max())
-    if count <= 1:
-        return mask
-    from scipy import ndimage
+    import SimpleITK as sitk
 
+    from MedSegLib.segmentation.core import array_view
+
+    components = sitk.ConnectedComponent(postprocess._image(mask))
+    shapes = sitk.LabelShapeStatisticsImageFilter()  # sizes and boxes on a run-length map, no relabelled copy
+    shapes.Execute(components)
+    values = list(shapes.GetLabels())
+    if len(values) <= 1:
+        return mask
+    largest = max(values, key=lambda value: (shapes.GetNumberOfPixels(value), -value))
     # Index axes (i, j) closest to RAS x (left-right) and y (anterior-posterior).
     directions = np.abs(ctx.ijk_to_ras[:3, :2] / np.linalg.norm(ctx.ijk_to_ras[:3, :2], axis=0))
     lr_axis = int(np.argmax(directions[0]))  # 0 -> i, 1 -> j
     spacing = ctx.spacing_ijk
-    keep = mask.copy()
-    for value, box in enumerate(ndimage.find_objects(labels), start=1):
-        if value == 1 or box is None:
+    labels = array_view(components)
+    keep = np.array(mask, dtype=bool)
+    for value in values:
+        if value == largest:
             continue
-        extent_j = (box[1].stop - box[1].start) * spacing[1]
-        extent_i = (box[2].stop - box[2].start) * spacing[0]
+        box = shapes.GetBoundingBox(value)  # (i, j, k, size_i, size_j, size_k)
+        extent_i, extent_j = box[3] * spacing[0], box[4] * spacing[1]
         lr, ap = (extent_i, extent_j) if lr_axis == 0 else (extent_j, extent_i)
         if lr >= ratio * ap:
-            keep[labels == value] = False
+            region = (slice(box[2], box[2] + box[5]), slice(box[1], box[1] + box[4]), slice(box[0], box[0] + box[3]))
+            keep[region][labels[region] == value] = False
     return keep
 
 
@@ -87,16 +94,28 @@ def run_body(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
 
 def _ras_x_of_voxels(ctx: SegmentationContext, mask: np.ndarray) -> float:
     """Mean RAS x (patient right is +) of a mask's voxels."""
-    k, j, i = np.nonzero(mask)
-    ijk = np.stack([i.mean(), j.mean(), k.mean()])
+    # Mean index per axis from the per-axis voxel counts (np.nonzero would hold 24 bytes per voxel).
+    total = float(np.count_nonzero(mask))
+    ijk = np.array(
+        [
+            np.arange(mask.shape[axis]) @ mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+            for axis in (2, 1, 0)
+        ],
+        dtype=np.float64,
+    ) / total
     return float(ctx.ijk_to_ras[0, :3] @ ijk + ctx.ijk_to_ras[0, 3])
 
 
-def _ras_x_per_i_column(ctx: SegmentationContext) -> np.ndarray:
-    """RAS x of each voxel (via broadcasting), used to split lungs at the midline."""
+def _right_of(ctx: SegmentationContext, mask: np.ndarray, x_ras: float) -> np.ndarray:
+    """Voxels of ``mask`` whose RAS x is greater than ``x_ras`` (patient right), a slice at a time (a
+    whole-volume coordinate array would be 8 bytes per voxel)."""
     m = ctx.ijk_to_ras
-    k, j, i = np.ogrid[: ctx.shape[0], : ctx.shape[1], : ctx.shape[2]]
-    return m[0, 0] * i + m[0, 1] * j + m[0, 2] * k + m[0, 3]
+    j, i = np.ogrid[: ctx.shape[1], : ctx.shape[2]]
+    in_plane = m[0, 0] * i + m[0, 1] * j + m[0, 3]
+    out = np.empty(ctx.shape, dtype=bool)
+    for k in range(ctx.shape[0]):
+        np.logical_and(mask[k], in_plane + m[0, 2] * k > x_ras, out=out[k])
+    return out
 
 
 def lung_components(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarray) -> np.ndarray:
@@ -201,10 +220,8 @@ def run_lungs(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
         return [SegmentMask("Lungs", lungs, "lung")]
     # Left/right by side of the body midline, per connected component (a component crossing the midline,
     # e.g. joined at the anterior junction, is cut at the midline).
-    x = _ras_x_per_i_column(ctx)
-    midline = _ras_x_of_voxels(ctx, body)
-    right = lungs & (x > midline)
-    left = lungs & (x <= midline)
+    right = _right_of(ctx, lungs, _ras_x_of_voxels(ctx, body))
+    left = lungs & ~right
     segments = []
     if np.any(right):
         segments.append(SegmentMask("Right lung", right, "right lung"))
