@@ -159,8 +159,8 @@ def signed_distance_mm(mask: np.ndarray, spacing_ijk: Sequence[float]) -> np.nda
     return array_view(distance)  # read-only view of the filter's float32 buffer (no copy)
 
 
-# Voxels per slab for slab-wise margins: the distance map of a slab (float32) stays ~64 MiB.
-MARGIN_SLAB_VOXELS = 1 << 24
+# Voxels per slab for slab-wise margins: the distance map of a slab (float32) stays ~32 MiB.
+MARGIN_SLAB_VOXELS = 1 << 23
 
 
 def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
