@@ -8,10 +8,12 @@ phantom), side by side:
 - ``node``: ``segment_volume_node`` on a volume node (incl. writing the segment into a segmentation node).
 Overhead = medseg / bare - 1 (target <= 10 %); every timing follows one untimed warm-up run. Peak memory
 above the resident volume (``run_method``, in a forked child) is reported as a multiple of the input volume's
-bytes (target <= 2x). Grow-from-seeds: first run and the incremental update after an added stroke on 256^3
-(target < 1 s).
+bytes (target <= 2x). Grow-from-seeds: first run and each kind of incremental update on 256^3 (strokes of a
+label present, of a new label, removing strokes, erasing part of one; target < 1 s each), with the voxels
+expanded / invalidated.
 
 Usage: .venv/bin/python Testing/benchmarks/bench_segmentation.py [--shape 300 512 512] [--methods ...] [--repeat 1]
+       .venv/bin/python Testing/benchmarks/bench_segmentation.py --growcut-only [--growcut-size 256]
 """
 
 from __future__ import annotations
@@ -121,26 +123,77 @@ MEDSEG_PARAMETERS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def grow_from_seeds_update(size: int) -> Dict[str, float]:
+GROWCUT_EDITS: List[Tuple[str, Any, int]] = [  # (update, region on 256^3, new seed value)
+    ("stroke of label 1", np.s_[25:29, 25:29, 42], 1),
+    ("second stroke of label 1", np.s_[200, 60:80, 50:53], 1),
+    ("stroke of label 2", np.s_[60, 200:220, 180:183], 2),
+    ("stroke of a new label 3", np.s_[100, 100:120, 100:103], 3),
+    ("remove the second stroke", np.s_[200, 60:80, 50:53], 0),
+    ("remove the label 3 stroke", np.s_[100, 100:120, 100:103], 0),
+    ("erase part of the first stroke", np.s_[25:27, 25:29, 42], 0),
+]
+
+
+def _scaled(region: Any, size: int) -> Any:
+    def scale(value: Any) -> Any:
+        if isinstance(value, slice):
+            return slice(value.start * size // 256, max(value.start * size // 256 + 1, value.stop * size // 256))
+        return value * size // 256
+
+    return tuple(scale(v) for v in region)
+
+
+def grow_from_seeds_update(size: int, check: bool = True) -> Dict[str, Any]:
+    """First run and each kind of incremental update on a size^3 float32 volume (noise, two halves 200 HU
+    apart, one seed in each): wall and CPU seconds (the CPU time is less affected by other processes on a
+    shared machine), voxels expanded and, for removals, invalidated; with ``check``, each update is
+    compared with a fresh run."""
     from MedSegLib.segmentation.grow_from_seeds import GrowFromSeeds
 
+    tiny = np.zeros((4, 4, 4), dtype=np.uint16)  # compile (or load) every kernel before timing
+    tiny[0, 0, 0], tiny[3, 3, 3] = 1, 2
+    warm = GrowFromSeeds(np.zeros((4, 4, 4), dtype=np.float32))
+    warm.run(tiny)
+    for value in (1, 0):
+        tiny[1, 1, 1] = value
+        warm.update(tiny)
     rng = np.random.default_rng(0)
     image = rng.normal(0, 10, (size, size, size)).astype(np.float32)
     image[:, :, size // 2 :] += 200
     seeds = np.zeros(image.shape, dtype=np.uint16)
     seeds[size // 2, size // 2, size // 8] = 1
     seeds[size // 2, size // 2, size - size // 8] = 2
-    grower = GrowFromSeeds(GrowFromSeeds(image[:4, :4, :4]).image)  # compile before timing
-    grower.run(np.pad(np.array([[[1, 2]]], dtype=np.uint16), ((0, 3), (0, 3), (0, 2))))
     grower = GrowFromSeeds(image)
-    started = time.perf_counter()
-    grower.run(seeds)
-    first = time.perf_counter() - started
-    seeds[size // 10 : size // 10 + 4, size // 10 : size // 10 + 4, size // 8 + 10] = 1
-    started = time.perf_counter()
-    grower.update(seeds)
-    update = time.perf_counter() - started
-    return {"first_run_s": first, "update_s": update, "update_visited": float(grower.last_visited)}
+    results: Dict[str, Any] = {}
+
+    def timed(name: str, function: Callable[[], Any]) -> None:
+        started, cpu = time.perf_counter(), time.process_time()
+        function()
+        results[name] = {
+            "s": time.perf_counter() - started,
+            "cpu_s": time.process_time() - cpu,
+            "visited": grower.last_visited,
+            "invalidated": grower.last_invalidated,
+        }
+
+    timed("first run", lambda: grower.run(seeds))
+    for name, region, value in GROWCUT_EDITS:
+        seeds[_scaled(region, size)] = value
+        timed(name, lambda: grower.update(seeds))
+        if check:
+            results[name]["exact"] = bool(np.array_equal(grower.labels, GrowFromSeeds(image).run(seeds)))
+    return results
+
+
+def print_grow_from_seeds(size: int) -> None:
+    print(f"grow-from-seeds {size}^3 (target: every update < 1 s)")
+    print(f"{'':<32}{'wall s':>8}{'cpu s':>8}{'expanded':>11}{'invalidated':>13}  == fresh run")
+    for name, row in grow_from_seeds_update(size).items():
+        exact = "" if "exact" not in row else str(row["exact"])
+        print(
+            f"{name:<32}{row['s']:>8.3f}{row['cpu_s']:>8.3f}{row['visited']:>11d}{row['invalidated']:>13d}  {exact}",
+            flush=True,
+        )
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -149,8 +202,12 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--growcut-size", type=int, default=256)
+    parser.add_argument("--growcut-only", action="store_true", help="only the grow-from-seeds timings")
     parser.add_argument("--skip-node", action="store_true", help="skip the segment_volume_node column")
     args = parser.parse_args(argv)
+    if args.growcut_only:
+        print_grow_from_seeds(args.growcut_size)
+        return 0
 
     import SimpleITK as sitk
 
@@ -205,11 +262,7 @@ def main(argv: List[str] | None = None) -> int:
             f"{peak / hu.nbytes:>9.2f}{bare_peak / hu.nbytes:>9.2f}",
             flush=True,
         )
-    growcut = grow_from_seeds_update(args.growcut_size)
-    print(
-        f"grow-from-seeds {args.growcut_size}^3: first run {growcut['first_run_s']:.2f} s, update after a stroke "
-        f"{growcut['update_s']:.3f} s ({growcut['update_visited']:.0f} voxels re-visited)"
-    )
+    print_grow_from_seeds(args.growcut_size)
     return 0
 
 
