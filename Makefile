@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.medseg-setup-stamp
+# nnU-Net v2 (optional, for `medseg deepseg import` of nnU-Net models and its test): these go in with --no-deps,
+# their other requirements are pyproject's `nnunet` extra (their declared ones would pull timm, torchvision, ...).
+NNUNET_NO_DEPS := nnunetv2==2.8.1 acvl-utils==0.2.6 dynamic-network-architectures==0.4.4 batchgenerators==0.25.5 batchgeneratorsv2==0.3.6
 APT_PACKAGES := dcm2niix orthanc orthanc-dicomweb dicom3tools chromium chromium-driver
 
 .PHONY: setup demo test lint bench clean system-packages
@@ -16,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(VPY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: pip takes the CPU wheel from this machine's disk; unpinned it pulls a CUDA build.
 	$(VPY) -m pip install --quiet torch==2.13.0
-	$(VPY) -m pip install --quiet -e '.[test]'
+	$(VPY) -m pip install --quiet -e '.[test,nnunet]'
+	$(VPY) -m pip install --quiet --no-deps $(NNUNET_NO_DEPS)
 	touch $(STAMP)
 
 # Debian tools the tests and benchmarks compare against (needs root; skipped when already present).

@@ -164,7 +164,7 @@ def predict_labels(
 
 
 def _restore(array_net: np.ndarray, prepared: PreparedInput) -> np.ndarray:
-    array = array_net.transpose(2, 1, 0) if prepared.transpose_ijk else array_net
+    array = prepared.from_network_axes(array_net)
     if prepared.bbox is not None:
         reoriented_shape = tuple(prepared.source_shape[p] for p in prepared.orientation.perm)
         full = np.zeros(reoriented_shape, dtype=array.dtype)

@@ -33,7 +33,12 @@ FORMAT_NAME = "medseg-model"
 FORMAT_VERSION = 1
 WEIGHT_FORMATS = ("torchscript", "state_dict")
 ORIENTATIONS = (None, "RAS", "LPS", "LAS", "RPS", "LPI", "RAI")
-NORMALIZATIONS = ("none", "scale_range", "zscore", "ct_clip_zscore")
+# preprocessing.normalization "type" (MedSegLib.deep_learning.preprocessing.normalize): "scale_range"
+# (a_min, a_max, b_min, b_max, clip), "zscore" (nonzero), "ct_clip_zscore" (lower, upper, mean, std),
+# "piecewise_linear" (points: [[x, y], ...], x increasing; linear between, constant beyond)
+NORMALIZATIONS = ("none", "scale_range", "zscore", "ct_clip_zscore", "piecewise_linear")
+# voxel axis of each network axis: numpy/SimpleITK order, MONAI (x, y, z), or nnU-Net transpose_forward
+AXIS_ORDERS = ("kji", "kij", "jki", "jik", "ikj", "ijk")
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -302,7 +307,11 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> List[LabelSpec]:
     _require(inference.get("mode", "gaussian") in ("gaussian", "constant"), "'inference.mode' is invalid", path)
     pre = manifest.get("preprocessing", {})
     _require(pre.get("orientation") in ORIENTATIONS, f"'preprocessing.orientation' must be one of {ORIENTATIONS}", path)
-    _require(pre.get("axis_order", "kji") in ("kji", "ijk"), "'preprocessing.axis_order' must be 'kji' or 'ijk'", path)
+    _require(
+        pre.get("axis_order", "kji") in AXIS_ORDERS,
+        "'preprocessing.axis_order' must be a permutation of 'kji' (e.g. 'kji', 'ijk')",
+        path,
+    )
     spacing = pre.get("spacing_mm")
     _require(
         spacing is None or (len(spacing) == 3 and all(float(s) > 0 for s in spacing)),
@@ -310,11 +319,25 @@ def validate_manifest(manifest: Dict[str, Any], path: Path) -> List[LabelSpec]:
         path,
     )
     norm = pre.get("normalization", {"type": "none"})
+    norms = norm if isinstance(norm, list) else [norm]  # a list: one per input channel
     _require(
-        isinstance(norm, dict) and norm.get("type") in NORMALIZATIONS,
+        all(isinstance(n, dict) and n.get("type") in NORMALIZATIONS for n in norms),
         f"'preprocessing.normalization.type' must be one of {', '.join(NORMALIZATIONS)}",
         path,
     )
+    _require(
+        not isinstance(norm, list) or len(norm) == channels,
+        "'preprocessing.normalization' as a list needs one entry per input channel",
+        path,
+    )
+    for n in norms:
+        if n.get("type") == "piecewise_linear":
+            from MedSegLib.deep_learning.preprocessing import piecewise_points
+
+            try:
+                piecewise_points(n.get("points"))
+            except UserInputError as error:
+                raise UserInputError(f"'preprocessing.normalization': {error.problem}", path) from None
     return labels
 
 

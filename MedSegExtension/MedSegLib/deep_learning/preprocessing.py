@@ -6,7 +6,8 @@ the model's spacing (trilinear). The prediction is mapped back in reverse: linea
 network output slab by slab (streamed, so never all classes at full resolution), argmax, paste into the
 bounding box, inverse permutation/flips. The result lies on exactly the source node's voxel grid.
 
-Spacings in ``medseg-model.json`` are given for the reoriented (i, j, k) axes in mm.
+Spacings in ``medseg-model.json`` are given for the reoriented (i, j, k) axes in mm; ``axis_order`` says
+which of those axes the network's axes 0, 1, 2 are (any permutation of 'kji').
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from MedSegLib.deep_learning.model_package import AXIS_ORDERS
 from MedSegLib.errors import UserInputError
 
 _LETTER_AXIS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -120,7 +122,32 @@ def normalize(array: np.ndarray, config: Dict[str, Any]) -> np.ndarray:
     if kind == "ct_clip_zscore":  # nnU-Net CTNormalization
         out = np.clip(out, float(config["lower"]), float(config["upper"]))
         return (out - np.float32(config["mean"])) / np.float32(max(float(config["std"]), 1e-8))
+    if kind == "piecewise_linear":
+        # "points": [[x, y], ...] with x increasing: linear between points, the end values beyond them.
+        # Lets a CT model spread soft tissue (tens of HU apart) over more of its input range than air and
+        # bone, in one channel (a narrow window alone would clip lung and bone).
+        xs, ys = piecewise_points(config.get("points"))
+        result = np.empty(out.shape, dtype=np.float32)
+        flat_in, flat_out = out.reshape(-1), result.reshape(-1)
+        step = 1 << 22  # np.interp works in float64: bound its temporaries
+        for start in range(0, flat_in.size, step):
+            flat_out[start : start + step] = np.interp(flat_in[start : start + step], xs, ys)
+        return result
     raise UserInputError(f"unknown normalisation {kind!r}")
+
+
+def piecewise_points(points: Any) -> Tuple[List[float], List[float]]:
+    """(xs, ys) of a ``piecewise_linear`` normalisation; two or more [x, y] pairs, x strictly increasing."""
+    try:
+        pairs = [(float(x), float(y)) for x, y in points]
+    except (TypeError, ValueError):
+        pairs = []
+    xs = [x for x, _ in pairs]
+    if len(pairs) < 2 or not np.all(np.isfinite(pairs)) or any(b <= a for a, b in zip(xs, xs[1:])):
+        raise UserInputError(
+            "'piecewise_linear' normalisation needs 'points': two or more [x, y] pairs with x increasing"
+        )
+    return xs, [y for _, y in pairs]
 
 
 def resampled_shape(
@@ -200,6 +227,17 @@ class StreamingLinearResizer:
                     self._buffer_z0 = keep_from
 
 
+def network_axes(axis_order: str) -> Tuple[int, int, int]:
+    """Numpy axes of the reoriented (k, j, i) array that become network axes 0, 1, 2.
+
+    ``axis_order`` names the voxel axis of each network axis: 'kji' = numpy order (SimpleITK, nnU-Net
+    without transpose), 'ijk' = MONAI's (x, y, z); nnU-Net's ``transpose_forward`` [1, 0, 2] is 'jki'.
+    """
+    if axis_order not in AXIS_ORDERS:
+        raise UserInputError(f"axis order {axis_order!r} is not a permutation of 'kji'")
+    return tuple("kji".index(c) for c in axis_order)  # type: ignore[return-value]
+
+
 @dataclass
 class PreparedInput:
     """The network-space input plus everything needed to map a prediction back onto the source grid."""
@@ -209,12 +247,19 @@ class PreparedInput:
     orientation: AxisTransform
     bbox: Optional[Tuple[slice, slice, slice]]  # in reoriented (numpy) axes
     cropped_shape: Tuple[int, int, int]  # reoriented + cropped, numpy axes
-    transpose_ijk: bool  # network axes are (i, j, k) of the reoriented array
+    axes: Tuple[int, int, int]  # network axis n is numpy axis axes[n] of the reoriented array
     network_spacing: Tuple[float, float, float]
 
     def network_shape_before_resample(self) -> Tuple[int, int, int]:
-        s = self.cropped_shape
-        return (s[2], s[1], s[0]) if self.transpose_ijk else s
+        return tuple(self.cropped_shape[a] for a in self.axes)  # type: ignore[return-value]
+
+    def to_network_axes(self, array: np.ndarray) -> np.ndarray:
+        """A reoriented (+ cropped) numpy-axes array in network axis order (a view)."""
+        return array.transpose(self.axes)
+
+    def from_network_axes(self, array: np.ndarray) -> np.ndarray:
+        """Inverse of ``to_network_axes``."""
+        return array.transpose(np.argsort(self.axes))
 
 
 def prepare_input(
@@ -240,16 +285,14 @@ def prepare_input(
     norm = preprocessing.get("normalization", {"type": "none"})
     norms = norm if isinstance(norm, list) else [norm] * len(arrays)
     data = np.stack([normalize(a, n) for a, n in zip(arrays, norms)])
-    transpose_ijk = preprocessing.get("axis_order", "kji") == "ijk"
-    net_spacing = tuple(spacing_kji)
-    if transpose_ijk:
-        data = data.transpose(0, 3, 2, 1)
-        net_spacing = net_spacing[::-1]
+    axes = network_axes(preprocessing.get("axis_order", "kji"))
+    data = data.transpose(0, *(a + 1 for a in axes))
+    net_spacing = tuple(spacing_kji[a] for a in axes)
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     target = preprocessing.get("spacing_mm")
     if target is not None:
-        target_net = tuple(float(v) for v in (target if transpose_ijk else target[::-1]))
+        target_net = tuple(float(target[2 - a]) for a in axes)  # spacing_mm is per (i, j, k)
         size = resampled_shape(tensor.shape[1:], net_spacing, target_net)
         tensor = resize_linear(tensor, size)
         net_spacing = tuple(s * n / m for s, n, m in zip(net_spacing, data.shape[1:], size))
-    return PreparedInput(tensor, shape, transform, bbox, cropped_shape, transpose_ijk, net_spacing)  # type: ignore[arg-type]
+    return PreparedInput(tensor, shape, transform, bbox, cropped_shape, axes, net_spacing)  # type: ignore[arg-type]

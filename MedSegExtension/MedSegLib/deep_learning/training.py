@@ -186,8 +186,7 @@ def prepare_case(
     labels = prepared.orientation.apply(labels)
     if prepared.bbox is not None:
         labels = labels[prepared.bbox]
-    if prepared.transpose_ijk:
-        labels = labels.transpose(2, 1, 0)
+    labels = prepared.to_network_axes(labels)
     labels_t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))[None]
     labels_t = resize_linear(labels_t, tuple(prepared.tensor.shape[1:]), mode="nearest")
     return TrainingCase(name, prepared.tensor.numpy(), labels_t[0].numpy().astype(np.uint8))
