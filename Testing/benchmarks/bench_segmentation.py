@@ -41,11 +41,23 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the kernel (glibc ``malloc_trim``): pages freed by earlier methods but
+    still resident would otherwise be reused without raising the peak, hiding part of it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 def peak_memory(function: Callable[[], Any]) -> float:
     """Peak RSS growth (bytes) while ``function`` runs, measured in a forked child (whose VmHWM starts
     at its RSS at fork), so earlier peaks of this process do not hide it."""
     import os
 
+    _release_free_heap()  # before the fork: the child's high-water mark starts at the RSS it is forked with
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
