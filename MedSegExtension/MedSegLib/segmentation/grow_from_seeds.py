@@ -72,6 +72,7 @@ _CHUNK = 256  # queue entries per chunk
 _AHEAD = 8  # entries ahead whose voxels are prefetched
 
 _KERNELS = (
+    "_appended",
     "_prefetch_neighbours",
     "_queue_push",
     "_propagate",
@@ -80,7 +81,7 @@ _KERNELS = (
     "_reset",
     "_diff_seeds",
 )
-_INLINED = ("_queue_push", "_prefetch_neighbours")
+_INLINED = ("_queue_push", "_prefetch_neighbours", "_appended")
 _compiled = False
 
 
@@ -279,6 +280,16 @@ def _propagate(state, pending, pool, link, buckets, meta, offsets, steps, shift)
     return meta[2] == 0 and waiting == pending.shape[0], saturated
 
 
+def _appended(order, count, value):
+    """``order[count] = value``, doubling the buffer when it is full; returns the buffer (maybe a new one)."""
+    if count == order.shape[0]:
+        grown = np.empty(2 * count, dtype=order.dtype)
+        grown[:count] = order
+        order = grown
+    order[count] = value
+    return order
+
+
 def _invalidate(state, roots, offsets, order):
     """Forget the subtrees of the removed seeds ``roots`` (along the child links); returns (their voxel
     count, order) with the invalidated voxels in ``order[:count]`` (grown when full)."""
@@ -287,11 +298,7 @@ def _invalidate(state, roots, offsets, order):
         root = roots[n]
         if state[root, 0] == 0 and (state[root, 2] & _LABEL) == 0:
             continue  # padding or outside the mask: never a source
-        if count == order.shape[0]:
-            grown = np.empty(2 * count, dtype=order.dtype)
-            grown[:count] = order
-            order = grown
-        order[count] = root
+        order = _appended(order, count, root)
         count += 1
         state[root, 0] = _INFINITY
         state[root, 2] = _NO_PARENT << 16
@@ -305,11 +312,7 @@ def _invalidate(state, roots, offsets, order):
             child = index + offsets[direction]
             if (np.int64(state[child, 2]) >> 16) & 7 != direction ^ 1:
                 continue  # its parent is another voxel
-            if count == order.shape[0]:
-                grown = np.empty(2 * count, dtype=order.dtype)
-                grown[:count] = order
-                order = grown
-            order[count] = child
+            order = _appended(order, count, child)
             count += 1
             state[child, 0] = _INFINITY
             state[child, 2] = _NO_PARENT << 16
