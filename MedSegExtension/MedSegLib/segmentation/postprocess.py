@@ -129,22 +129,28 @@ def smooth(mask: np.ndarray, method: str, kernel_mm: float, spacing_ijk: Sequenc
         return np.asarray(mask, dtype=bool)
     radius = _radius(kernel_mm, spacing_ijk)
     # An infinite spacing marks an axis the kernel must not extend along (in-plane operations).
-    image = _image(mask, [float(s) if np.isfinite(s) else 1.0 for s in spacing_ijk])
+    spacing = [float(s) if np.isfinite(s) else 1.0 for s in spacing_ijk]
     if method == "gaussian":
+        image = _image(mask, spacing)
         blurred = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), kernel_mm / 2.0)
         return sitk.GetArrayViewFromImage(blurred) >= 0.5
     if not any(radius):
         return np.asarray(mask, dtype=bool)
     if method == "median":
-        return _array(sitk.BinaryMedian(image, radius, 1, 0))
+        return _array(sitk.BinaryMedian(_image(mask, spacing), radius, 1, 0))
     # Erode/dilate explicitly: SimpleITK's BinaryMorphologicalOpening adds voxels outside the input
-    # (checked with SimpleITK 2.5.7), which an opening must never do.
-    kernel = sitk.sitkBall
+    # (checked with SimpleITK 2.5.7), which an opening must never do. ``morphology`` gives exactly
+    # sitk.BinaryErode / BinaryDilate with ITK's ball (tested voxel for voxel), ~40x faster.
+    from MedSegLib.segmentation.morphology import binary_dilate, binary_erode
+
+    mask = np.asarray(mask, dtype=bool)
     if method == "opening":
-        eroded = sitk.BinaryErode(image, radius, kernel, 0, 1, False)
-        return _array(sitk.BinaryDilate(eroded, radius, kernel, 0, 1))
-    dilated = sitk.BinaryDilate(image, radius, kernel, 0, 1)
-    return _array(sitk.BinaryErode(dilated, radius, kernel, 0, 1, True)) | np.asarray(mask, dtype=bool)
+        eroded = binary_erode(mask, radius, "ball", boundary_to_foreground=False)
+        return binary_dilate(eroded, radius, "ball")
+    dilated = binary_dilate(mask, radius, "ball")
+    closed = binary_erode(dilated, radius, "ball", boundary_to_foreground=True)
+    closed |= mask
+    return closed
 
 
 def signed_distance_mm(mask: np.ndarray, spacing_ijk: Sequence[float]) -> np.ndarray:
