@@ -3,6 +3,8 @@ computations give (slab-wise margins, run-length hysteresis, slab-wise island si
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -82,3 +84,32 @@ def test_quantised_watershed_keeps_the_float_basins() -> None:
     agreeing = np.zeros(int(exact.max()) + 1, np.int64)
     np.maximum.at(agreeing, pairs >> 32, counts)
     assert agreeing.sum() / exact.size > 1 - 1e-4
+
+
+def test_fork_after_a_parallel_kernel_is_safe(tmp_path) -> None:
+    """MedSegLib selects a fork-safe numba threading layer: a process that ran a parallel kernel (morphology)
+    can still fork (the DICOM indexer's pool does); with GNU OpenMP the child would abort."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_check.py"
+    script.write_text(
+        "import os, sys\n"
+        "import numpy as np\n"
+        "from MedSegLib.segmentation import morphology\n"
+        "mask = np.zeros((20, 64, 64), bool); mask[5:15, 10:50, 10:50] = True\n"
+        "first = morphology.binary_erode(mask, (3, 3, 0))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if np.array_equal(morphology.binary_erode(mask, (3, 3, 0)), first) else 3)\n"
+        "status = os.waitpid(pid, 0)[1]\n"
+        "import numba\n"
+        "print(numba.threading_layer(), status)\n"
+        "sys.exit(0 if status == 0 else 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "MedSegExtension"), *sys.path])
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[0] in ("tbb", "workqueue")
