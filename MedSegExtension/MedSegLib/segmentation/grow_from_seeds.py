@@ -82,27 +82,22 @@ _KERNELS = (
     "_diff_seeds",
 )
 _INLINED = ("_queue_push", "_prefetch_neighbours", "_appended")
-_compiled = False
 
 
 def _compile_kernels() -> None:
     """Replace the kernels below by numba-compiled versions on first use (importing numba costs ~1 s,
     which ``medseg --help`` should not pay). Callers are compiled lazily too, at their first call, by
     which time the module globals they use are already the compiled dispatchers."""
-    global _compiled
-    if _compiled:
-        return
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - declared dependency; pure Python still works, slowly
-        _compiled = True
-        return
+    from MedSegLib.lazy_numba import compile_kernels_in_place
+
     namespace = globals()
-    namespace["_prefetch"] = _prefetch_intrinsic()
-    for name in _KERNELS:
-        inline = "always" if name in _INLINED else "never"  # no call (nor array refcounts) per push
-        namespace[name] = numba.njit(cache=True, nogil=True, inline=inline)(namespace[name])
-    _compiled = True
+    compile_kernels_in_place(
+        namespace,
+        _KERNELS,
+        # inlined: no call (nor array refcounts) per push
+        options=lambda name: {"inline": "always" if name in _INLINED else "never"},
+        prepare=lambda numba: namespace.update(_prefetch=_prefetch_intrinsic()),
+    )
 
 
 def _prefetch(state, row):

@@ -26,25 +26,19 @@ import numpy as np
 
 _BIG = 1 << 30  # run length of a run that starts at a foreground left boundary (beyond any kernel width)
 _KERNELS = ("_row_runs", "_erode_block", "_erode")
-_compiled = False
 
 
 def _compile_kernels() -> None:
-    """Replace the kernels below by numba-compiled versions on first use (importing numba costs ~1 s)."""
-    global _compiled
-    if _compiled:
-        return
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - declared dependency; pure Python still works, slowly
-        _compiled = True
-        return
+    """Replace the kernels below by numba-compiled versions on first use (see MedSegLib.lazy_numba)."""
+    from MedSegLib.lazy_numba import compile_kernels_in_place
+
     namespace = globals()
-    namespace["_prange"] = numba.prange
-    for name in _KERNELS:
-        parallel = name == "_erode"
-        namespace[name] = numba.njit(cache=True, nogil=True, parallel=parallel)(namespace[name])
-    _compiled = True
+    compile_kernels_in_place(
+        namespace,
+        _KERNELS,
+        options=lambda name: {"parallel": name == "_erode"},
+        prepare=lambda numba: namespace.update(_prange=numba.prange),
+    )
 
 
 _prange = range
