@@ -34,7 +34,7 @@ def test_slab_margin_equals_whole_volume(monkeypatch, margin_mm) -> None:
         assert np.array_equal(whole, reference | mask)
 
 
-def test_hysteresis_and_islands_equal_scipy_labelling() -> None:
+def test_hysteresis_and_islands_equal_scipy_labelling(monkeypatch) -> None:
     mask = _blobs(seed=1)
     strong = np.zeros_like(mask)
     strong[::7, ::5, ::3] = True
@@ -43,6 +43,8 @@ def test_hysteresis_and_islands_equal_scipy_labelling() -> None:
     assert np.array_equal(postprocess.hysteresis(mask, strong), np.isin(labels, wanted[wanted > 0]))
     labels, count = ndimage.label(mask)
     sizes = np.bincount(labels.ravel())
+    monkeypatch.setattr(postprocess, "SLAB_VOXELS", 30 * 33 * 3)  # 3-slice slabs: sizes summed across slabs
+    assert np.array_equal(postprocess.label_sizes(labels), sizes)
     for minimum in (2, 10, 200):
         keep = sizes >= minimum
         keep[0] = False

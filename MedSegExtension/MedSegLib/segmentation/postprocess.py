@@ -67,19 +67,34 @@ def remove_small_islands(mask: np.ndarray, min_voxels: int, fully_connected: boo
     from MedSegLib.segmentation.core import array_view
 
     labels = array_view(sitk.ConnectedComponent(_image(mask), fully_connected))
-    # One uint32 label image; sizes and the keep look-up run a slab at a time (numpy would widen the
-    # whole label array to 8-byte indices otherwise).
-    step = max(1, (1 << 22) // max(1, labels[0].size))
-    sizes = np.zeros(int(labels.max()) + 1, dtype=np.int64)
-    for start in range(0, labels.shape[0], step):
-        slab = labels[start : start + step]
-        sizes += np.bincount(slab.ravel(), minlength=sizes.size)
-    keep = sizes >= int(min_voxels)
+    # One uint32 label image; the keep look-up runs a slab at a time, as the sizes do (numpy would widen
+    # the whole label array to 8-byte indices otherwise).
+    keep = label_sizes(labels) >= int(min_voxels)
     keep[0] = False
     out = np.empty(labels.shape, dtype=bool)
+    step = slices_per_slab(labels)
     for start in range(0, labels.shape[0], step):
         out[start : start + step] = keep[labels[start : start + step]]
     return out
+
+
+SLAB_VOXELS = 1 << 22
+
+
+def slices_per_slab(volume: np.ndarray, voxels: Optional[int] = None) -> int:
+    """How many slices (first axis) hold about ``voxels`` (default ``SLAB_VOXELS``) voxels: the step of
+    slab-wise passes whose temporaries must stay small whatever the volume's size."""
+    return max(1, (SLAB_VOXELS if voxels is None else voxels) // max(1, volume[0].size))
+
+
+def label_sizes(labels: np.ndarray) -> np.ndarray:
+    """Voxels per label value 0..max (int64), counted a slab at a time: ``np.bincount`` casts its input to
+    8-byte indices, which for the whole volume would be 8 bytes per voxel on top of the label image."""
+    sizes = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
+    step = slices_per_slab(labels)
+    for start in range(0, labels.shape[0], step):
+        sizes += np.bincount(labels[start : start + step].ravel(), minlength=sizes.size)
+    return sizes
 
 
 def islands_containing(mask: np.ndarray, seeds_ijk: np.ndarray, fully_connected: bool = False) -> np.ndarray:
@@ -95,7 +110,7 @@ def islands_containing(mask: np.ndarray, seeds_ijk: np.ndarray, fully_connected:
 def split_islands(mask: np.ndarray, min_voxels: int = 1, fully_connected: bool = False) -> List[np.ndarray]:
     """One mask per component (largest first), components below ``min_voxels`` dropped."""
     labels = label_islands(mask, fully_connected)
-    counts = np.bincount(labels.ravel())
+    counts = label_sizes(labels)
     return [labels == value for value in range(1, len(counts)) if counts[value] >= max(1, min_voxels)]
 
 
@@ -181,7 +196,7 @@ def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> 
     if margin_mm == 0 or not np.any(mask):
         return mask
     halo = int(np.ceil(abs(margin_mm) / float(spacing_ijk[2]))) + 1
-    slab = max(1, MARGIN_SLAB_VOXELS // max(1, mask[0].size))
+    slab = slices_per_slab(mask, MARGIN_SLAB_VOXELS)
     if mask.shape[0] <= slab + 2 * halo:
         return _margin_whole(mask, margin_mm, spacing_ijk)
     out = np.empty(mask.shape, dtype=bool)

@@ -122,7 +122,7 @@ def lung_components(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarra
     """Air components inside the body whose intensity distribution is lung parenchyma."""
     air = (ctx.array < p["air_threshold"]) & body
     labels = postprocess.label_islands(air)
-    counts = np.bincount(labels.ravel())
+    counts = postprocess.label_sizes(labels)
     min_voxels = _ml_to_voxels(ctx, p["min_lung_ml"])
     lungs = np.zeros(ctx.shape, dtype=bool)
     # Labels are sorted by size, so only the first few components are big enough to test; one
@@ -241,7 +241,7 @@ def noise_sd(ctx: SegmentationContext, body: np.ndarray) -> float:
     """Image noise (HU, one SD) from differences of in-plane neighbours inside soft tissue (-100..100 HU):
     a robust (MAD) estimate, so edges and texture barely move it."""
     parts = []
-    step = max(1, (1 << 22) // max(1, ctx.array[0].size))  # a slab at a time: the temporaries stay small
+    step = postprocess.slices_per_slab(ctx.array)  # a slab at a time: the temporaries stay small
     for start in range(0, ctx.shape[0], step):
         a = ctx.array[start : start + step, :, 1:]
         b = ctx.array[start : start + step, :, :-1]

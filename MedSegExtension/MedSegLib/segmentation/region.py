@@ -352,7 +352,7 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         mask = ctx.finish(np.isin(labels, wanted[wanted > 0]))
         require_nonempty(mask, ctx.method_name)
         return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
-    counts = _label_counts(labels)
+    counts = postprocess.label_sizes(labels)
     counts[0] = 0
     order = np.argsort(counts)[::-1][: int(p["max_segments"])]
     segments = [
@@ -363,20 +363,6 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     if not segments:
         raise UserInputError(f"{ctx.method_name}: no basin found; lower --level")
     return segments
-
-
-def _label_counts(labels: np.ndarray, slab: int = 16) -> np.ndarray:
-    """Voxels per label value, counted a slab of slices at a time: ``np.bincount`` casts its input to int64,
-    which for the whole volume would be 8 bytes per voxel on top of the label image."""
-    counts = np.zeros(1, dtype=np.int64)
-    for start in range(0, labels.shape[0], slab):
-        part = np.bincount(labels[start : start + slab].ravel())
-        if part.size > counts.size:
-            part[: counts.size] += counts
-            counts = part
-        else:
-            counts[: part.size] += part
-    return counts
 
 
 LOWER = Param("lower", float, None, "lowest intensity (default: from the seed neighbourhood)", "HU")
