@@ -225,24 +225,26 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _pollBackgroundJobs(self) -> None:
         """Timer slot: progress of the background jobs; results are imported when a job ends."""
-        job = self._inferenceJob
-        if job is not None:
-            self.ui.progressBar.value = int(round(100 * job.run.fraction))
-            if job.run.message:
-                self.ui.statusLabel.text = job.run.message
-            if not job.run.running:
-                self._inferenceJob = None
+        if not self._pollJob(self._inferenceJob, self.ui.progressBar, self.ui.statusLabel):
+            job, self._inferenceJob = self._inferenceJob, None
+            if job is not None:
                 self._finishInference(job)
-        job = self._trainingJob
-        if job is not None:
-            self.ui.trainingProgressBar.value = int(round(100 * job.run.fraction))
-            if job.run.message:
-                self.ui.trainingStatusLabel.text = job.run.message
-            if not job.run.running:
-                self._trainingJob = None
+        if not self._pollJob(self._trainingJob, self.ui.trainingProgressBar, self.ui.trainingStatusLabel):
+            job, self._trainingJob = self._trainingJob, None
+            if job is not None:
                 self._finishTraining(job)
         if self._inferenceJob is None and self._trainingJob is None:
             self._pollTimer.stop()
+
+    @staticmethod
+    def _pollJob(job, progressBar, statusLabel) -> bool:
+        """Show a background job's progress; whether it is still running (False when there is none)."""
+        if job is None:
+            return False
+        progressBar.value = int(round(100 * job.run.fraction))
+        if job.run.message:
+            statusLabel.text = job.run.message
+        return job.run.running
 
     def _finishInference(self, job) -> None:
         try:
