@@ -40,13 +40,21 @@ def _array(image: Any) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image).astype(bool)
 
 
+def components_image(mask: np.ndarray, fully_connected: bool = False) -> Any:
+    """ITK's connected components of ``mask`` as a SimpleITK uint32 image, labels in raster order of
+    first voxel (unsorted)."""
+    import SimpleITK as sitk
+
+    return sitk.ConnectedComponent(_image(mask), fully_connected)
+
+
 def label_islands(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:
     """Component labels 1..n sorted by decreasing size (0 = background)."""
     import SimpleITK as sitk
 
     from MedSegLib.segmentation.core import array_view
 
-    components = sitk.ConnectedComponent(_image(mask), fully_connected)
+    components = components_image(mask, fully_connected)
     relabelled = sitk.RelabelComponent(components, 0, True)
     del components  # peak = two uint32 images; the result is a read-only view of the second (no copy)
     return array_view(relabelled)
@@ -60,13 +68,12 @@ def keep_largest_island(mask: np.ndarray, fully_connected: bool = False) -> np.n
 
 def remove_small_islands(mask: np.ndarray, min_voxels: int, fully_connected: bool = False) -> np.ndarray:
     """Drop components smaller than ``min_voxels`` (the Islands effect's MinimumSize)."""
-    import SimpleITK as sitk
 
     if min_voxels <= 1 or not np.any(mask):
         return np.asarray(mask, dtype=bool)
     from MedSegLib.segmentation.core import array_view
 
-    labels = array_view(sitk.ConnectedComponent(_image(mask), fully_connected))
+    labels = array_view(components_image(mask, fully_connected))
     # One uint32 label image; the keep look-up runs a slab at a time, as the sizes do (numpy would widen
     # the whole label array to 8-byte indices otherwise).
     keep = label_sizes(labels) >= int(min_voxels)
@@ -203,8 +210,7 @@ def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> 
     for start in range(0, mask.shape[0], slab):
         stop = min(start + slab, mask.shape[0])
         low, high = max(0, start - halo), min(mask.shape[0], stop + halo)
-        part = mask[low:high]
-        out[start:stop] = _margin_whole(part, margin_mm, spacing_ijk)[start - low : stop - low] if part.any() else False
+        out[start:stop] = _margin_whole(mask[low:high], margin_mm, spacing_ijk)[start - low : stop - low]
     return out
 
 

@@ -61,7 +61,7 @@ def _drop_flat_plates(ctx: SegmentationContext, mask: np.ndarray, ratio: float =
 
     from MedSegLib.segmentation.core import array_view
 
-    components = sitk.ConnectedComponent(postprocess._image(mask))
+    components = postprocess.components_image(mask)
     shapes = sitk.LabelShapeStatisticsImageFilter()  # sizes and boxes on a run-length map, no relabelled copy
     shapes.Execute(components)
     values = list(shapes.GetLabels())
