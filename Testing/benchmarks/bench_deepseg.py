@@ -11,7 +11,12 @@ argmax is compared with the first variant's (MONAI sw_batch 1, the reference): t
 at identical argmax. Variants: ``monai-B`` (MONAI, B windows per batch), ``medseg-B`` (eager network),
 ``medseg-B-opt`` (traced + frozen network, CPU), ``medseg-B-amp`` (autocast: bf16 on CPU, fp16 on GPU),
 ``medseg-B-wN`` (CPU: the B windows of a batch split over N worker threads, each with 1/N of torch's
-intra-op threads; ``-w0`` = one worker per thread, MedSeg's CPU default).
+intra-op threads; ``-w0`` = one worker per thread, MedSeg's CPU default), ``medseg-B-aot`` (the network
+AOT-compiled single-threaded, run in this process and in threads-1 forked copies: ``--compile``) and
+``medseg-B-aotmt`` (compiled for all threads, one process). The one-time compilation (cached per model
+and machine) is printed apart; the timed run includes loading the compiled package.
+MONAI's time includes its ``torch.argmax`` over the classes (what ``AsDiscrete(argmax=True)`` runs),
+printed apart; MedSeg's includes its own argmax (``torch.max`` indices, the same labels).
 """
 
 from __future__ import annotations
@@ -66,31 +71,54 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
     parts = variant.split("-")
     batch = int(parts[1])
     workers = next((int(p[1:]) for p in parts[2:] if p[:1] == "w" and p[1:].isdigit()), 1)
+    result = {"variant": variant}
+    aot = ("aot" in parts or "aotmt" in parts) and device == "cpu"
+    processes, all_threads = 0, torch.get_num_threads()
+    if aot:  # one-time compilation per model and machine, cached: timed apart from the run
+        from MedSegLib.deep_learning.compiled_network import compile_for_cpu
+
+        if "aot" in parts:  # single-threaded network in this process + (threads - 1) forked ones
+            processes = next((int(p[1:]) for p in parts[2:] if p[:1] == "p" and p[1:].isdigit()), all_threads - 1)
+            torch.set_num_threads(1)
+        cache = os.path.join(os.path.dirname(out_file), "compiled")
+        compile_started = time.perf_counter()
+        _, note = compile_for_cpu(net, (1, *ROI), batch, cache_dir=cache)
+        result["compile_seconds"] = time.perf_counter() - compile_started
+        result["note"] = note
+        workers = 1
     started = time.perf_counter()
     if variant.startswith("monai"):
         from monai.inferers import sliding_window_inference
 
         with torch.inference_mode():
             logits = sliding_window_inference(image.to(device), ROI, batch, net, overlap=OVERLAP, mode="gaussian")
-        labels = torch.argmax(logits[0], dim=0).to(torch.uint8).cpu().numpy()
+        inferred = time.perf_counter()
+        labels = torch.argmax(logits[0], dim=0).to(torch.uint8).cpu().numpy()  # as MONAI's AsDiscrete(argmax)
+        result["argmax_seconds"] = time.perf_counter() - inferred
     else:
         from MedSegLib.deep_learning.inference import optimize_for_cpu
-        from MedSegLib.deep_learning.sliding_window import iter_sliding_window_slabs
+        from MedSegLib.deep_learning.sliding_window import channel_argmax, iter_sliding_window_slabs
 
         if variant.endswith("-opt") and device == "cpu":
             net, _ = optimize_for_cpu(net, warm)
+        if aot:
+            net, result["note"] = compile_for_cpu(net, (1, *ROI), batch, cache_dir=cache)  # loads the package
+            torch.set_num_threads(all_threads)
         labels = np.empty(shape, dtype=np.uint8)
         slabs = iter_sliding_window_slabs(
             image[0], net, ROI, overlap=OVERLAP, mode="gaussian", sw_batch_size=batch, device=device,
-            amp=variant.endswith("-amp"), workers=workers,
+            amp=variant.endswith("-amp"), workers=workers, processes=processes, out_channels=classes,
         )  # fmt: skip
         for z0, z1, slab in slabs:
-            labels[z0:z1] = torch.argmax(slab, dim=0).to(torch.uint8).numpy()
+            labels[z0:z1] = channel_argmax(slab).to(torch.uint8).numpy()
     if device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     np.save(out_file, labels)
-    result = {"variant": variant, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads()}
+    if variant.startswith("monai") and batch == 1:  # the reference's top-2 logit gap, to judge any flip
+        top2 = torch.topk(logits[0], 2, dim=0).values
+        np.save(out_file.replace(".npy", "-gap.npy"), (top2[0] - top2[1]).cpu().numpy())
+    result.update(seconds=seconds, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
     if device != "cpu":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -102,7 +130,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu (the goal's setting) or cuda (GPU check)")
     parser.add_argument(
-        "--variants", nargs="+", default=["monai-1", "monai-4", "medseg-4", "medseg-4-w0", "medseg-8-w0"]
+        "--variants", nargs="+", default=["monai-1", "monai-4", "medseg-4", "medseg-4-aot", "medseg-4-aotmt"]
     )
     parser.add_argument("--net", default="unet", choices=["unet", "light"], help="light: 1x1x1 conv (memory check)")
     parser.add_argument("--classes", type=int, default=CLASSES)
@@ -122,6 +150,7 @@ def main() -> int:
     import numpy as np
 
     results = []
+    gap = None  # MONAI sw_batch 1's gap between its two largest logits per voxel
     with tempfile.TemporaryDirectory(prefix="bench-deepseg-") as work:
         for variant in args.variants:
             out = os.path.join(work, f"{variant}.npy")
@@ -134,10 +163,16 @@ def main() -> int:
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             result["labels"] = np.load(out)
+            gap_file = out.replace(".npy", "-gap.npy")
+            if os.path.exists(gap_file) and gap is None:
+                gap = np.load(gap_file)
             results.append(result)
             gpu = f"   peak GPU {result['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in result else ""
+            extra = f"   (torch.argmax {result['argmax_seconds']:.2f} s)" if "argmax_seconds" in result else ""
+            if "compile_seconds" in result:
+                extra = f"   (one-time compile {result['compile_seconds']:.1f} s; {result['note']})"
             print(
-                f"  {variant:<13} {result['seconds']:7.2f} s   peak RSS {result['peak_rss_mb']:6.0f} MB{gpu}",
+                f"  {variant:<13} {result['seconds']:7.2f} s   peak RSS {result['peak_rss_mb']:6.0f} MB{gpu}{extra}",
                 flush=True,
             )
     if not results:
@@ -151,8 +186,13 @@ def main() -> int:
     by_name = {result["variant"]: result for result in results}
 
     def agreement(labels, other) -> str:
-        flips = int(np.count_nonzero(labels != other["labels"]))
-        return "identical" if flips == 0 else f"{flips} voxels differ"
+        differ = labels != other["labels"]
+        flips = int(np.count_nonzero(differ))
+        if flips == 0:
+            return "identical"
+        if gap is None or other is not reference:
+            return f"{flips} voxels differ"
+        return f"{flips} voxels differ (top-2 logit gap there <= {float(gap[differ].max()):.1e})"
 
     print(
         f"{'variant':<13} {'seconds':>8} {'speed-up':>9} {'peak RSS MB':>12}  argmax vs reference / vs MONAI same batch"

@@ -80,6 +80,7 @@ def _infer(args: argparse.Namespace) -> int:
             progress=callback,
             optimize=args.optimize,
             workers=args.workers,
+            compile=args.compile,
         )
     finally:
         close_progress()
@@ -233,6 +234,12 @@ def register(subparsers: Any) -> None:
     infer.add_argument("--sw-batch", type=int, default=None, help="windows per forward pass (default: model's)")
     infer.add_argument("--probabilities", action="store_true", help="also write OUT_prob_<label>.nrrd (uint8)")
     infer.add_argument("--optimize", action="store_true", help="CPU: run a traced+frozen copy if it is exact")
+    infer.add_argument(
+        "--compile",
+        action="store_true",
+        help="CPU: AOT-compile the network (once per model and machine, cached in ~/.medseg/cache or "
+        "$MEDSEG_CACHE; needs a C++ compiler) and run it in one process per core",
+    )
     infer.add_argument(
         "--workers", type=int, default=None, help="CPU: windows run concurrently (default: one per thread; 1: off)"
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from MedSegLib.deep_learning.model_package import ModelPackage, resolve_model
 from MedSegLib.deep_learning.preprocessing import PreparedInput, StreamingLinearResizer, prepare_input
-from MedSegLib.deep_learning.sliding_window import iter_sliding_window_slabs
+from MedSegLib.deep_learning.sliding_window import channel_argmax, iter_sliding_window_slabs
 from MedSegLib.errors import UserInputError
 from MedSegLib.progress import CancelToken, ProgressCallback
 
@@ -86,7 +86,7 @@ class InferenceResult:
     timings: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     windows: int = 0
-    network_mode: str = "eager"  # or "traced+frozen" (see optimize_for_cpu)
+    network_mode: str = "eager"  # or "traced+frozen" (optimize_for_cpu), "AOT-compiled ..." (compile_for_cpu)
 
 
 def predict_labels(
@@ -103,6 +103,7 @@ def predict_labels(
     network: Any = None,
     optimize: bool = False,
     workers: Optional[int] = None,
+    compile: bool = False,
 ) -> InferenceResult:
     """Segment source arrays (one per model input channel, same grid) with ``package``.
 
@@ -114,6 +115,11 @@ def predict_labels(
 
     ``optimize`` (CPU only, opt-in) runs a traced, frozen copy of the network when it reproduces the eager
     output; its speed-up was not consistent on the shared 2-core test machine, hence off by default.
+
+    ``compile`` (CPU only, opt-in): AOT-compile the network for the window batch once per model and
+    machine (cached, see ``compiled_network``; needs a C++ compiler) and, on Linux, run it
+    single-threaded in this process and in one forked copy per further torch thread
+    (``window_processes``). Falls back to the eager network, with the reason in ``network_mode``.
     """
     import torch
 
@@ -130,7 +136,13 @@ def predict_labels(
     torch_device = select_device(device)
     net = network if network is not None else package.load_network(torch_device)
     note = "eager"
-    if optimize and torch_device.type == "cpu" and not amp:
+    processes = 0
+    settings = package.inference
+    batch = int(sw_batch_size or settings.get("sw_batch_size", 4))
+    if compile and torch_device.type == "cpu" and not amp:
+        net, note, processes = _compiled(net, package, batch)
+        workers = 1
+    elif optimize and torch_device.type == "cpu" and not amp:
         probe = torch.rand((1, package.in_channels, *package.roi_size), generator=torch.Generator().manual_seed(0))
         net, note = optimize_for_cpu(net, probe)
     timings["load model"] = time.perf_counter() - t
@@ -139,7 +151,6 @@ def predict_labels(
     prepared = prepare_input(list(channels_kji), ijk_to_ras, package.preprocessing)
     timings["preprocess"] = time.perf_counter() - t
 
-    settings = package.inference
     labels_net, probs_net, windows = _predict_network_space(
         prepared,
         net,
@@ -148,19 +159,40 @@ def predict_labels(
         overlap=float(settings.get("overlap", 0.25) if overlap is None else overlap),
         mode=str(settings.get("mode", "gaussian")),
         sigma_scale=float(settings.get("sigma_scale", 0.125)),
-        sw_batch_size=int(sw_batch_size or settings.get("sw_batch_size", 4)),
+        sw_batch_size=batch,
         device=torch_device,
         amp=amp,
         probabilities=probabilities,
         progress=progress,
         cancel=cancel,
         workers=workers,
+        processes=processes,
     )
     t = time.perf_counter()
     labels = _restore(labels_net, prepared)
     probs = {name: _restore(p, prepared) for name, p in probs_net.items()} if probs_net is not None else None
     timings["postprocess"] = time.perf_counter() - t
     return InferenceResult(labels, probs, timings, str(torch_device), windows, note)
+
+
+def _compiled(net: Any, package: ModelPackage, batch: int) -> Tuple[Any, str, int]:
+    """(network, note, forked processes) for ``compile``: single-threaded + forks where fork is safe."""
+    import torch
+
+    from MedSegLib.deep_learning.compiled_network import compile_for_cpu
+    from MedSegLib.deep_learning.window_processes import forking_available
+
+    threads = torch.get_num_threads()
+    forks = threads > 1 and forking_available()
+    if forks:
+        torch.set_num_threads(1)  # the generated code is for the thread count it was compiled under
+    try:
+        compiled, note = compile_for_cpu(net, (package.in_channels, *package.roi_size), batch)
+    finally:
+        torch.set_num_threads(threads)
+    if not note.startswith("AOT"):
+        return net, note, 0
+    return compiled, note + (f", {threads} processes" if forks else ""), threads - 1 if forks else 0
 
 
 def _restore(array_net: np.ndarray, prepared: PreparedInput) -> np.ndarray:
@@ -188,6 +220,7 @@ def _predict_network_space(
     progress: Optional[ProgressCallback],
     cancel: Optional[CancelToken],
     workers: Optional[int] = None,
+    processes: int = 0,
 ):
     import torch
 
@@ -210,7 +243,7 @@ def _predict_network_space(
                 f"{len(package.labels)} labels (+ background = {package.out_channels})",
                 package.root,
             )
-        labels[t0:t1] = torch.argmax(block, dim=0).numpy().astype(labels.dtype)
+        labels[t0:t1] = channel_argmax(block).numpy().astype(labels.dtype)
         if probs is not None:
             soft = torch.softmax(block, dim=0)
             for index, label in enumerate(package.labels, start=1):
@@ -229,6 +262,8 @@ def _predict_network_space(
         progress=on_progress,
         cancel=cancel,
         workers=workers,
+        processes=processes,
+        out_channels=package.out_channels,
     )
     for z0, z1, slab in slabs:
         if resizer is None:

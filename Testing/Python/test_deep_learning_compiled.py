@@ -1,0 +1,181 @@
+"""CPU speed paths of deep-learning inference: AOT-compiled networks and forked window worker processes.
+
+Each is checked against MONAI's ``sliding_window_inference`` on the eager network (the reference), not
+against itself: the compiled network must reproduce the eager logits to float rounding, and the forked
+workers must give the stitched result MONAI gives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is the 'dl' extra")
+monai = pytest.importorskip("monai", reason="MONAI is the 'dl' extra")
+
+from MedSegLib.deep_learning import model_package as mp  # noqa: E402
+from MedSegLib.deep_learning.compiled_network import (  # noqa: E402
+    FixedBatchNetwork,
+    compile_for_cpu,
+    compiled_cache_dir,
+    network_key,
+)
+from MedSegLib.deep_learning.inference import predict_labels  # noqa: E402
+from MedSegLib.deep_learning.sliding_window import channel_argmax, sliding_window_predict  # noqa: E402
+from MedSegLib.deep_learning.window_processes import ForkedWindowWorkers, forking_available  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_MODEL = ROOT / "Resources" / "Models" / "medseg-ct-phantom"
+TINY_UNET = dict(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
+needs_fork = pytest.mark.skipif(not forking_available(), reason="forked window workers are Linux-only")
+needs_compiler = pytest.mark.skipif(
+    not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")),
+    reason="AOTInductor needs a C++ compiler (g++ or clang++)",
+)
+
+
+def _tiny_unet():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(**TINY_UNET).eval()
+
+
+def _monai(x, net, roi, batch=1):
+    from monai.inferers import sliding_window_inference
+
+    with torch.inference_mode():
+        return sliding_window_inference(x, roi, batch, net, overlap=0.25, mode="gaussian")[0]
+
+
+def test_channel_argmax_equals_torch_argmax_with_ties() -> None:
+    block = torch.randint(0, 3, (4, 5, 6, 7)).float()  # many exact ties: the first maximum wins in both
+    assert torch.equal(channel_argmax(block), torch.argmax(block, dim=0))
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny(tmp_path_factory):
+    """The tiny UNet compiled once for batch 3 of 16x32x16 windows (a real inductor + C++ build)."""
+    cache = tmp_path_factory.mktemp("compiled")
+    net = _tiny_unet()
+    started = time.perf_counter()
+    predictor, note = compile_for_cpu(net, (1, 16, 32, 16), 3, cache_dir=cache)
+    return net, predictor, note, cache, time.perf_counter() - started
+
+
+@needs_compiler
+def test_compiled_network_reproduces_eager_and_is_cached(compiled_tiny) -> None:
+    net, predictor, note, cache, _ = compiled_tiny
+    assert note.startswith("AOT-compiled for batch 3 (compiled now"), note
+    assert isinstance(predictor, FixedBatchNetwork)
+    packages = list(Path(cache).glob("*.pt2"))
+    assert len(packages) == 1 and packages[0].stem == network_key(net, (3, 1, 16, 32, 16))
+    for count in (1, 3, 5):  # fewer windows than compiled for are padded; more are split
+        x = torch.randn(count, 1, 16, 32, 16, generator=torch.Generator().manual_seed(count))
+        with torch.inference_mode():
+            expected = net(x)
+            got = predictor(x)
+        assert got.shape == expected.shape
+        assert float((got - expected).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+    started = time.perf_counter()
+    again, note = compile_for_cpu(net, (1, 16, 32, 16), 3, cache_dir=cache)
+    assert note == "AOT-compiled for batch 3 (cached)" and time.perf_counter() - started < 5
+
+
+@needs_compiler
+def test_compiled_sliding_window_matches_monai(compiled_tiny) -> None:
+    net, predictor, _, _, _ = compiled_tiny
+    x = torch.randn(1, 1, 40, 52, 36, generator=torch.Generator().manual_seed(2))
+    expected = _monai(x, net, (16, 32, 16))
+    got = sliding_window_predict(x[0], predictor, (16, 32, 16), overlap=0.25, mode="gaussian", sw_batch_size=3)
+    assert float((got - expected).abs().max()) <= 1e-4
+
+
+def test_compile_key_changes_with_weights_and_shape() -> None:
+    net = _tiny_unet()
+    key = network_key(net, (3, 1, 16, 32, 16))
+    assert network_key(net, (4, 1, 16, 32, 16)) != key
+    with torch.no_grad():
+        next(net.parameters())[0].flatten()[0] += 1e-3
+    assert network_key(net, (3, 1, 16, 32, 16)) != key
+
+
+def test_compile_falls_back_to_eager_with_a_reason(tmp_path, monkeypatch) -> None:
+    net = _tiny_unet()
+    scripted = torch.jit.script(net)
+    same, note = compile_for_cpu(scripted, (1, 16, 32, 16), 2, cache_dir=tmp_path)
+    assert same is scripted and note.startswith("eager (TorchScript")
+    # A remembered rejection (the compiled output differed) is not compiled again.
+    key = network_key(net, (2, 1, 16, 32, 16))
+    (tmp_path / f"{key}.rejected").write_text("compiled network differed from the eager one by 0.5\n")
+    same, note = compile_for_cpu(net, (1, 16, 32, 16), 2, cache_dir=tmp_path)
+    assert same is net and note == "eager (compiled network differed from the eager one by 0.5)"
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache-root"))
+    assert compiled_cache_dir() == tmp_path / "cache-root" / "compiled"
+
+
+@needs_fork
+@pytest.mark.parametrize("children,batch", [(1, 4), (2, 3)])
+def test_forked_window_workers_equal_monai(children, batch) -> None:
+    """Batches computed in forked processes, stitched in order: MONAI's result, threads restored."""
+    from monai.networks.nets import UNet
+
+    from MedSegLib.deep_learning.sliding_window import iter_sliding_window_slabs
+
+    torch.manual_seed(0)
+    net = UNet(**TINY_UNET).eval()
+    x = torch.randn(1, 1, 40, 52, 36, generator=torch.Generator().manual_seed(2))
+    expected = _monai(x, net, (16, 32, 16))
+    threads = torch.get_num_threads()
+    slabs = iter_sliding_window_slabs(
+        x[0], net, (16, 32, 16), overlap=0.25, mode="gaussian", sw_batch_size=batch, processes=children, out_channels=3
+    )  # fmt: skip
+    got = torch.cat([slab for _, _, slab in slabs], dim=1)
+    assert torch.get_num_threads() == threads
+    assert float((got - expected).abs().max()) <= 1e-5
+    assert torch.equal(channel_argmax(got), torch.argmax(expected, 0))
+
+
+@needs_fork
+def test_forked_worker_error_is_reported_and_children_are_reaped() -> None:
+    def failing(data):
+        if os.getpid() != parent:
+            raise ValueError("window too small")
+        return torch.zeros((data.shape[0], 2, *data.shape[2:]))
+
+    parent = os.getpid()
+    pool = ForkedWindowWorkers(failing, 1, 2, (1, 4, 4, 4), 2)
+    pids = [child.pid for child in pool.children]
+    batches = [torch.zeros(2, 1, 4, 4, 4) for _ in range(4)]
+    with pytest.raises(RuntimeError, match=r"window worker process \d+ failed: ValueError: window too small"):
+        list(pool.run(iter(batches)))
+    pool.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+@needs_fork
+@needs_compiler
+def test_predict_labels_compiled_equals_eager(tmp_path, monkeypatch) -> None:
+    """The demo model through ``compile=True`` (compiled + forked) labels the phantom as the eager run."""
+    from MedSegLib.sample_data import make_ct_phantom
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
+
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path))
+    package = mp.load_model_package(DEMO_MODEL)
+    phantom = make_ct_phantom(shape=(40, 96, 96), spacing_mm=(5.0, 3.5, 3.5), seed=11)
+    ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(
+        tuple(reversed(phantom.spacing)), np.eye(3), phantom.origin_lps
+    )
+    eager = predict_labels([phantom.hu], ijk_to_ras, package, device="cpu")
+    compiled = predict_labels([phantom.hu], ijk_to_ras, package, device="cpu", compile=True)
+    assert compiled.network_mode.startswith("AOT-compiled"), compiled.network_mode
+    assert list(tmp_path.glob("compiled/*.pt2")), "the compiled package is cached under $MEDSEG_CACHE"
+    differ = int(np.count_nonzero(compiled.labels != eager.labels))
+    assert differ <= compiled.labels.size * 1e-5, f"{differ} voxels differ"
