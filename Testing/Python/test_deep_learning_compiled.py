@@ -122,7 +122,7 @@ def test_compile_falls_back_to_eager_with_a_reason(tmp_path, monkeypatch) -> Non
 @needs_fork
 @pytest.mark.parametrize("children,batch", [(1, 4), (2, 3)])
 def test_forked_window_workers_equal_monai(children, batch) -> None:
-    """Batches computed in forked processes, stitched in order: MONAI's result, threads restored."""
+    """Windows computed in forked processes, stitched in order: MONAI's result, threads restored."""
     from monai.networks.nets import UNet
 
     from MedSegLib.deep_learning.sliding_window import iter_sliding_window_slabs
@@ -146,18 +146,40 @@ def test_forked_worker_error_is_reported_and_children_are_reaped() -> None:
     def failing(data):
         if os.getpid() != parent:
             raise ValueError("window too small")
+        time.sleep(0.3)  # the parent is slow: the child claims windows too
         return torch.zeros((data.shape[0], 2, *data.shape[2:]))
 
     parent = os.getpid()
-    pool = ForkedWindowWorkers(failing, 1, 2, (1, 4, 4, 4), 2)
-    pids = [child.pid for child in pool.children]
-    batches = [torch.zeros(2, 1, 4, 4, 4) for _ in range(4)]
-    with pytest.raises(RuntimeError, match=r"window worker process \d+ failed: ValueError: window too small"):
-        list(pool.run(iter(batches)))
+    image = torch.zeros(1, 8, 8, 8)
+    windows = [(z, y, 0) for z in (0, 4) for y in (0, 4)]
+    pool = ForkedWindowWorkers(failing, 1, image, windows, (4, 4, 8), torch.ones(4, 4, 8), 2)
+    pids = list(pool.pids)
+    with pytest.raises(RuntimeError, match=r"window worker process failed: ValueError: window too small"):
+        list(pool.run())
     pool.close()
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+@needs_fork
+def test_forked_workers_share_windows_dynamically() -> None:
+    """Every window is computed once, by whichever process is free, and yielded in order, weighted."""
+    parent = os.getpid()
+
+    def who(data):
+        return torch.full((data.shape[0], 1, *data.shape[2:]), float(os.getpid() != parent))
+
+    image = torch.zeros(1, 6, 4, 4)
+    windows = [(z, 0, 0) for z in range(0, 6, 2)] * 4
+    weight = torch.full((2, 4, 4), 2.0)
+    pool = ForkedWindowWorkers(who, 2, image, windows, (2, 4, 4), weight, 1)
+    try:
+        outputs = [(index, float(out[0, 0, 0, 0])) for index, out in pool.run()]
+    finally:
+        pool.close()
+    assert [index for index, _ in outputs] == list(range(len(windows)))
+    assert {value for _, value in outputs} <= {0.0, 2.0}
 
 
 @needs_fork

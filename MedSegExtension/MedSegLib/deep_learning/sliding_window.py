@@ -233,7 +233,7 @@ def iter_sliding_window_slabs(
             if out_channels is None:
                 raise ValueError("processes > 0 needs out_channels (the shared output buffers are allocated first)")
             torch.set_num_threads(1)
-            pool = ForkedWindowWorkers(predictor, processes, batch, (image.shape[0], *roi), out_channels)
+            pool = ForkedWindowWorkers(predictor, processes, image, plan.windows, roi, weight, out_channels)
         elif device.type == "cpu":
             n_workers, per_worker = cpu_workers(workers, batch)
             if n_workers > 1:
@@ -333,19 +333,9 @@ def _stitch(
     def window_batch(chunk: Sequence[Tuple[int, ...]]) -> Any:
         return torch.stack([image[:, z : z + roi[0], y : y + roi[1], x : x + roi[2]] for z, y, x in chunk])
 
-    if processes is not None:  # CPU, fixed batch, no out-of-memory retry
-        chunks = [windows[i : i + batch] for i in range(0, total, batch)]
-
-        def batches() -> Iterator[Any]:
-            for chunk in chunks:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                yield window_batch(chunk)
-
-        for chunk, out in zip(chunks, processes.run(batches())):
-            with torch.inference_mode():
-                out = out.mul_(weight) if out.is_contiguous() else out * weight
-            yield from accumulate(chunk, out)
+    if processes is not None:  # CPU, windows shared with forked processes, already weighted, in order
+        for window_index, out in processes.run(cancel):
+            yield from accumulate(windows[window_index : window_index + 1], out[None])
         return
 
     while index < total:
