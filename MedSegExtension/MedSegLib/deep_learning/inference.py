@@ -109,9 +109,8 @@ def predict_labels(
 
     ``workers`` (CPU): windows of a batch run concurrently on that many threads, each with an equal
     share of torch's intra-op threads (None: one per thread, at most the window batch; 1: off). Same
-    arithmetic as MONAI's ``sw_batch_size=1`` (identical argmax); on the 2-core test machine 2.2x (batch
-    4) and 2.5x (batch 8) faster than MONAI with batch 1, against 1.8x for one batched forward pass
-    (``Testing/benchmarks/bench_deepseg.py``, loaded machine: ratios, not absolute times).
+    arithmetic as MONAI's ``sw_batch_size=1`` (identical argmax). Its gain depends on the host: 2.2-2.5x
+    MONAI's batch-1 speed on one 2-core machine, 1.1x on another (``Testing/benchmarks/bench_deepseg.py``).
 
     ``optimize`` (CPU only, opt-in) runs a traced, frozen copy of the network when it reproduces the eager
     output; its speed-up was not consistent on the shared 2-core test machine, hence off by default.
@@ -120,6 +119,7 @@ def predict_labels(
     machine (cached, see ``compiled_network``; needs a C++ compiler) and, on Linux, run it
     single-threaded in this process and in one forked copy per further torch thread
     (``window_processes``). Falls back to the eager network, with the reason in ``network_mode``.
+    ``bench_deepseg.py`` variant ``medseg-4-aot``: 2.2x MONAI's batch-1 speed (median of 3 runs, 2-core).
     """
     import torch
 
