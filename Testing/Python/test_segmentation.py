@@ -632,3 +632,41 @@ def test_staging_image_is_refilled_and_never_overwrites_a_held_image():
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(other), first - 5)
     assert image_from_array(first, np.eye(4)) is not other  # reuse=False always copies into a new image
     clear_staging()
+
+
+def test_fast_marching_box_equals_whole_volume(phantom):
+    """The box the front can reach gives the whole-volume ITK result for the same speed sigmoid."""
+    import SimpleITK as sitk
+
+    from MedSegLib.segmentation import run_method
+    from MedSegLib.segmentation.core import SeedPoint, SegmentationContext
+    from MedSegLib.segmentation.region import fast_marching_box, seed_neighbourhood_values
+
+    hu, labels, ijk_to_ras = phantom
+    seed = deepest_voxel_ras(labels == 3, ijk_to_ras)
+    stopping, sigma = 12.0, 1.5
+    mask = run_method(hu, ijk_to_ras, "fast-marching", seeds=[seed], parameters={"stopping_time": stopping})[0].mask
+    ctx = SegmentationContext(hu, ijk_to_ras, seeds=[SeedPoint(seed)], method_name="test")
+    box = fast_marching_box(ctx, stopping * 1.05, sigma)
+    box_size = [sl.stop - sl.start for sl in box]
+    assert np.prod(box_size) < 0.5 * hu.size, f"the box {box_size} should be well inside {hu.shape}"
+    outside = np.ones(hu.shape, bool)
+    outside[box] = False
+    assert not np.any(mask & outside)
+    # Reference: ITK on the whole volume with the sigmoid MedSeg derives on the box.
+    sub = SegmentationContext(np.ascontiguousarray(hu[box]), ijk_to_ras.copy(), seeds=ctx.seeds, method_name="test")
+    offset = np.array([box[2].start, box[1].start, box[0].start])
+    sub.ijk_to_ras[:3, 3] = ijk_to_ras[:3, :3] @ offset + ijk_to_ras[:3, 3]
+    box_gradient = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(sub.float_image, sigma=sigma))
+    k1 = float(np.median(seed_neighbourhood_values(sub, 2.0 * sigma, box_gradient)))
+    k2 = float(np.percentile(box_gradient[::2, ::2, ::2], 95))
+    gradient = sitk.GradientMagnitudeRecursiveGaussian(ctx.float_image, sigma=sigma)
+    speed = sitk.Sigmoid(gradient, alpha=-(k2 - k1) / 6.0, beta=(k1 + k2) / 2.0, outputMaximum=1.0, outputMinimum=0.0)
+    marching = sitk.FastMarchingImageFilter()
+    marching.AddTrialPoint((*(int(v) for v in ctx.seed_indices()[0]), 0))
+    marching.SetStoppingValue(stopping * 1.05)
+    expected = sitk.GetArrayFromImage(marching.Execute(speed)) <= stopping
+    differ = int(np.count_nonzero(mask != expected))
+    print(f"fast marching box {box_size} of {hu.shape}: {np.count_nonzero(expected)} voxels, {differ} differ")
+    assert np.count_nonzero(expected) > 100
+    assert differ <= 1e-3 * np.count_nonzero(expected)
