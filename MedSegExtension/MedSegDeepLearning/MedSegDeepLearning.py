@@ -109,6 +109,7 @@ class MedSegDeepLearningParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(INFERENCE_DEVICES))] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25
+    compileNetwork: bool = False
 
 
 #
@@ -218,7 +219,8 @@ class MedSegDeepLearningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             segmentation = self.logic.ensureOutputSegmentation(parameters.inputVolume, parameters.outputSegmentation)
             parameters.outputSegmentation = segmentation
             self._inferenceJob = self.logic.startInference(parameters.inputVolume, parameters.modelPath,
-                                                           device=parameters.device, overlap=parameters.overlap)
+                                                           device=parameters.device, overlap=parameters.overlap,
+                                                           compileNetwork=parameters.compileNetwork)
             self.ui.statusLabel.text = _("Starting (loading the model in a background process)...")
             self._pollTimer.start()
         self._updateButtonStates()
@@ -396,7 +398,7 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Could not write {node} to {path}").format(node=node.GetName(), path=path))
 
     def startInference(self, inputVolume, modelPath: Path, device: str = "auto", overlap: float = 0.25,
-                       python: Optional[str] = None) -> "BackgroundJob":
+                       python: Optional[str] = None, compileNetwork: bool = False) -> "BackgroundJob":
         """Write the volume to a temporary NRRD and start ``medseg deepseg infer`` on it in a child process."""
         if inputVolume is None:
             raise ValueError(_("An input volume is required."))
@@ -410,7 +412,8 @@ class MedSegDeepLearningLogic(ScriptedLoadableModuleLogic):
         outputPath = os.path.join(workDir, "output.seg.nrrd")
         self._exportNode(inputVolume, inputPath)
         run = background.start_inference(inputPath, os.fspath(modelPath), outputPath, device=device,
-                                         overlap=overlap, python=python or self.pythonExecutable())
+                                         overlap=overlap, python=python or self.pythonExecutable(),
+                                         extra=["--compile"] if compileNetwork else [])
         return BackgroundJob(run, workDir, outputPath, inputVolume)
 
     @staticmethod

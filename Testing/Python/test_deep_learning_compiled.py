@@ -184,20 +184,80 @@ def test_forked_workers_share_windows_dynamically() -> None:
 
 @needs_fork
 @needs_compiler
-def test_predict_labels_compiled_equals_eager(tmp_path, monkeypatch) -> None:
-    """The demo model through ``compile=True`` (compiled + forked) labels the phantom as the eager run."""
+def test_cli_infer_compile_equals_eager(runtime, tmp_path, monkeypatch, capsys) -> None:
+    """``medseg deepseg infer --compile`` (compiled + forked) labels the phantom as the eager network does."""
+    import json
+
+    import SimpleITK as sitk
+
+    from MedSegLib.cli.main import main
     from MedSegLib.sample_data import make_ct_phantom
     from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
 
-    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path))
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
     package = mp.load_model_package(DEMO_MODEL)
     phantom = make_ct_phantom(shape=(40, 96, 96), spacing_mm=(5.0, 3.5, 3.5), seed=11)
     ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(
         tuple(reversed(phantom.spacing)), np.eye(3), phantom.origin_lps
     )
     eager = predict_labels([phantom.hu], ijk_to_ras, package, device="cpu")
-    compiled = predict_labels([phantom.hu], ijk_to_ras, package, device="cpu", compile=True)
-    assert compiled.network_mode.startswith("AOT-compiled"), compiled.network_mode
-    assert list(tmp_path.glob("compiled/*.pt2")), "the compiled package is cached under $MEDSEG_CACHE"
-    differ = int(np.count_nonzero(compiled.labels != eager.labels))
-    assert differ <= compiled.labels.size * 1e-5, f"{differ} voxels differ"
+    image = sitk.GetImageFromArray(phantom.hu)
+    image.SetSpacing(tuple(reversed(phantom.spacing)))
+    image.SetOrigin(phantom.origin_lps)
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "labels.nii.gz"
+    arguments = ["deepseg", "infer", str(tmp_path / "ct.nii.gz"), "--model", str(DEMO_MODEL), "-o", str(out)]
+    capsys.readouterr()
+    assert main([*arguments, "--device", "cpu", "--compile", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["network"].startswith("AOT-compiled for batch "), summary["network"]
+    assert "compiled now" in summary["network"]
+    assert list((tmp_path / "cache" / "compiled").glob("*.pt2")), "the package is cached under $MEDSEG_CACHE"
+    compiled = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    differ = int(np.count_nonzero(compiled != eager.labels))
+    assert differ <= compiled.size * 1e-5, f"{differ} voxels differ"
+    runtime.scene.Clear(0)
+    assert main([*arguments, "--device", "cpu", "--compile", "--quiet", "--json"]) == 0
+    assert "(cached)" in json.loads(capsys.readouterr().out)["network"]
+
+
+@needs_fork
+def test_forked_workers_die_with_a_killed_parent(tmp_path) -> None:
+    """A cancelled background job is SIGTERMed: its window workers must not outlive it."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        f"sys.path.insert(0, {str(ROOT / 'MedSegExtension')!r})\n"
+        "from MedSegLib.deep_learning.window_processes import ForkedWindowWorkers\n"
+        "def slow(data):\n"
+        "    time.sleep(0.5)\n"
+        "    return torch.zeros((data.shape[0], 1, *data.shape[2:]))\n"
+        "pool = ForkedWindowWorkers(slow, 2, torch.zeros(1, 4, 4, 4), [(0, 0, 0)] * 100, (4, 4, 4), "
+        "torch.ones(4, 4, 4), 1)\n"
+        "print(' '.join(map(str, pool.pids)), flush=True)\n"
+        "for _ in pool.run():\n"
+        "    pass\n"
+    )
+    job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in job.stdout.readline().split()]
+    assert len(pids) == 2
+    time.sleep(1.0)
+    job.send_signal(signal.SIGTERM)
+    job.wait(10)
+    deadline = time.time() + 10
+    alive = pids
+    while alive and time.time() < deadline:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+        time.sleep(0.1)
+    assert not alive, f"window workers {alive} outlived their killed parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"

@@ -46,6 +46,17 @@ def _shared_tensor(shape: Sequence[int]) -> Any:
     return torch.from_numpy(np.frombuffer(buffer, dtype=np.float32, count=count).reshape(tuple(shape)))
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this child when the parent dies (a SIGTERM-cancelled job leaves no orphans)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # the getppid() checks in the loop still end the child at its next window
+
+
 def _read_exact(fd: int, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -87,6 +98,7 @@ class ForkedWindowWorkers:
         self.lock = context.Lock()
         self.pids: List[int] = []
         self.pipes: List[int] = []
+        self.parent = os.getpid()
         try:
             for _ in range(children):
                 read_end, write_end = os.pipe()
@@ -133,13 +145,14 @@ class ForkedWindowWorkers:
 
         torch.set_num_threads(1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent()
         try:
-            while not self.stop.value:
+            while not self.stop.value and os.getppid() == self.parent:
                 index = self._claim()
                 if index >= len(self.windows):
                     return 0
                 while index - self.stitched.value >= len(self.slots):  # its slot is still to be stitched
-                    if self.stop.value:
+                    if self.stop.value or os.getppid() != self.parent:
                         return 0
                     time.sleep(0.001)
                 self._compute(index)
