@@ -61,28 +61,28 @@ def label_islands(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray
 
 
 def keep_largest_island(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:
+    """The largest component (ties: the first in raster order, as ITK's relabelling sorts them)."""
     if not np.any(mask):
         return np.asarray(mask, dtype=bool)
-    return label_islands(mask, fully_connected) == 1
+    from MedSegLib.segmentation.run_components import run_components
+
+    components = run_components(mask, fully_connected)
+    keep = np.zeros(components.count + 1, dtype=bool)
+    keep[int(np.argmax(components.sizes[1:])) + 1] = True
+    return components.paint(keep)
 
 
 def remove_small_islands(mask: np.ndarray, min_voxels: int, fully_connected: bool = False) -> np.ndarray:
-    """Drop components smaller than ``min_voxels`` (the Islands effect's MinimumSize)."""
+    """Drop components smaller than ``min_voxels`` (the Islands effect's MinimumSize).
 
+    Components come from the mask's runs (``run_components``), not a uint32 voxel label image: the
+    peak stays at the input mask plus the new one."""
     if min_voxels <= 1 or not np.any(mask):
         return np.asarray(mask, dtype=bool)
-    from MedSegLib.segmentation.core import array_view
+    from MedSegLib.segmentation.run_components import run_components
 
-    labels = array_view(components_image(mask, fully_connected))
-    # One uint32 label image; the keep look-up runs a slab at a time, as the sizes do (numpy would widen
-    # the whole label array to 8-byte indices otherwise).
-    keep = label_sizes(labels) >= int(min_voxels)
-    keep[0] = False
-    out = np.empty(labels.shape, dtype=bool)
-    step = slices_per_slab(labels)
-    for start in range(0, labels.shape[0], step):
-        out[start : start + step] = keep[labels[start : start + step]]
-    return out
+    components = run_components(mask, fully_connected)
+    return components.paint(components.sizes >= int(min_voxels))
 
 
 SLAB_VOXELS = 1 << 22
@@ -108,10 +108,13 @@ def islands_containing(mask: np.ndarray, seeds_ijk: np.ndarray, fully_connected:
     """Components of ``mask`` that contain at least one seed voxel (i, j, k)."""
     if len(seeds_ijk) == 0 or not np.any(mask):
         return np.zeros(mask.shape, dtype=bool)
-    labels = label_islands(mask, fully_connected)
-    wanted = np.unique(labels[seeds_ijk[:, 2], seeds_ijk[:, 1], seeds_ijk[:, 0]])
-    wanted = wanted[wanted > 0]
-    return np.isin(labels, wanted)
+    from MedSegLib.segmentation.run_components import run_components
+
+    components = run_components(mask, fully_connected)
+    keep = np.zeros(components.count + 1, dtype=bool)
+    for i, j, k in np.asarray(seeds_ijk, dtype=np.int64):
+        keep[components.component_at(int(k), int(j), int(i))] = True
+    return components.paint(keep)
 
 
 def split_islands(mask: np.ndarray, min_voxels: int = 1, fully_connected: bool = False) -> List[np.ndarray]:

@@ -57,33 +57,23 @@ def _drop_flat_plates(ctx: SegmentationContext, mask: np.ndarray, ratio: float =
     """Remove components (other than the largest) that are flat plates under/over the patient: the
     table. A plate is ``ratio`` times wider (patient left-right) than thick (anterior-posterior); arms
     and legs are roughly round in cross-section, so they stay."""
-    import SimpleITK as sitk
+    from MedSegLib.segmentation.run_components import run_components
 
-    from MedSegLib.segmentation.core import array_view
-
-    components = postprocess.components_image(mask)
-    shapes = sitk.LabelShapeStatisticsImageFilter()  # sizes and boxes on a run-length map, no relabelled copy
-    shapes.Execute(components)
-    values = list(shapes.GetLabels())
-    if len(values) <= 1:
-        return mask
-    largest = max(values, key=lambda value: (shapes.GetNumberOfPixels(value), -value))
+    components = run_components(mask)  # sizes and boxes from the runs, no voxel label image
+    if components.count <= 1:
+        return np.asarray(mask, dtype=bool)
+    largest = int(np.argmax(components.sizes[1:])) + 1
     # Index axes (i, j) closest to RAS x (left-right) and y (anterior-posterior).
     directions = np.abs(ctx.ijk_to_ras[:3, :2] / np.linalg.norm(ctx.ijk_to_ras[:3, :2], axis=0))
     lr_axis = int(np.argmax(directions[0]))  # 0 -> i, 1 -> j
     spacing = ctx.spacing_ijk
-    labels = array_view(components)
-    keep = np.array(mask, dtype=bool)
-    for value in values:
-        if value == largest:
-            continue
-        box = shapes.GetBoundingBox(value)  # (i, j, k, size_i, size_j, size_k)
-        extent_i, extent_j = box[3] * spacing[0], box[4] * spacing[1]
-        lr, ap = (extent_i, extent_j) if lr_axis == 0 else (extent_j, extent_i)
-        if lr >= ratio * ap:
-            region = (slice(box[2], box[2] + box[5]), slice(box[1], box[1] + box[4]), slice(box[0], box[0] + box[3]))
-            keep[region][labels[region] == value] = False
-    return keep
+    boxes = components.boxes  # (k0, j0, i0, k1, j1, i1) inclusive
+    extent_i = (boxes[:, 5] - boxes[:, 2] + 1) * spacing[0]
+    extent_j = (boxes[:, 4] - boxes[:, 1] + 1) * spacing[1]
+    lr, ap = (extent_i, extent_j) if lr_axis == 0 else (extent_j, extent_i)
+    keep = lr < ratio * ap
+    keep[largest] = True
+    return components.paint(keep)
 
 
 def run_body(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
