@@ -44,9 +44,15 @@ def body_mask(
     if table_mm > 0:
         in_plane = np.array([spacing[0], spacing[1], np.inf])  # no opening across slices
         opened = postprocess.smooth(candidate, "opening", table_mm, in_plane)
+        del candidate  # a byte per voxel; recomputed slab by slab below rather than held through the margin
         opened = postprocess.remove_small_islands(opened, _ml_to_voxels(ctx, min_island_ml))
         opened = _drop_flat_plates(ctx, opened)
-        body = postprocess.margin(opened, table_mm / 2.0 + max(spacing[:2]), spacing) & candidate
+        body = postprocess.margin(opened, table_mm / 2.0 + max(spacing[:2]), spacing)
+        del opened
+        body = body if body.flags.writeable else body.copy()
+        step = postprocess.slices_per_slab(body)
+        for start in range(0, body.shape[0], step):
+            body[start : start + step] &= ctx.array[start : start + step] > threshold
     else:
         body = candidate
     body = postprocess.remove_small_islands(body, _ml_to_voxels(ctx, min_island_ml))
