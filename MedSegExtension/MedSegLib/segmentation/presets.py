@@ -116,21 +116,22 @@ def _right_of(ctx: SegmentationContext, mask: np.ndarray, x_ras: float) -> np.nd
 
 def lung_components(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarray) -> np.ndarray:
     """Air components inside the body whose intensity distribution is lung parenchyma."""
+    from MedSegLib.segmentation.run_components import run_components
+
     air = (ctx.array < p["air_threshold"]) & body
-    labels = postprocess.label_islands(air)
-    counts = postprocess.label_sizes(labels)
+    components = run_components(air)  # sizes from the runs: no voxel label image (4 bytes per voxel)
+    del air
     min_voxels = _ml_to_voxels(ctx, p["min_lung_ml"])
-    lungs = np.zeros(ctx.shape, dtype=bool)
-    # Labels are sorted by size, so only the first few components are big enough to test; one
-    # boolean pass per candidate beats sorting all voxels by label on 512x512x300 volumes.
-    for value in range(1, len(counts)):
-        if counts[value] < min_voxels:
-            break
-        component = labels == value
-        median = float(np.median(ctx.array[component]))
-        if p["parenchyma_min"] <= median <= p["parenchyma_max"]:
-            lungs |= component
-    return lungs
+    keep = np.zeros(components.count + 1, dtype=bool)
+    # Only a few components are big enough to test; one painted mask per candidate.
+    for value in np.flatnonzero(components.sizes >= min_voxels):
+        if value == 0:
+            continue
+        only = np.zeros_like(keep)
+        only[value] = True
+        median = float(np.median(ctx.array[components.paint(only)]))
+        keep[value] = p["parenchyma_min"] <= median <= p["parenchyma_max"]
+    return components.paint(keep)
 
 
 def trachea_seed(ctx: SegmentationContext, body: np.ndarray, threshold: float) -> np.ndarray:
