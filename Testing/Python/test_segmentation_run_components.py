@@ -34,6 +34,7 @@ def test_components_equal_itk(density, seed, fully_connected) -> None:
     components = run_components(mask, fully_connected)
     expected = _itk_labels(mask, fully_connected)
     assert np.array_equal(_label_image(components), expected)
+    assert np.array_equal(components.label_slices(2, 6), expected[2:6])
     assert components.count == expected.max()
     assert np.array_equal(components.sizes[1:], np.bincount(expected.ravel())[1:])
     for value in range(1, components.count + 1):

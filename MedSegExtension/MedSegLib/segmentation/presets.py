@@ -268,50 +268,92 @@ def _label_mean_sd(values: np.ndarray, labels: np.ndarray, count: int) -> tuple[
 def _fluid_like_regions(
     ctx: SegmentationContext, candidate: np.ndarray, cortex: np.ndarray, body: np.ndarray, p: Dict[str, Any]
 ) -> np.ndarray:
-    """Thick non-cortical parts of ``candidate`` whose intensity is as homogeneous as the noise (see run_bone)."""
+    """Thick non-cortical parts of ``candidate`` whose intensity is as homogeneous as the noise (see run_bone).
+
+    Each core (a component of ``candidate`` minus cortex, eroded by the texture radius) grows back to
+    the soft voxels nearest to it within ``reach``: one region per core. The nearest core of such a voxel
+    lies within ``reach``, so the nearest-core search runs slab by slab with a halo of ``reach``, on the
+    labels of that slab only (from the cores' runs): no whole-volume label image or index arrays."""
     from scipy import ndimage
+
+    from MedSegLib.segmentation.run_components import run_components
 
     spacing = ctx.spacing_ijk
     sigma = noise_sd(ctx, body)
     soft = candidate & ~cortex
     radius = float(p["texture_radius_mm"])
     core = postprocess.margin(soft, -radius, spacing)
-    labels, count = ndimage.label(core)
-    if count == 0 or sigma <= 0:
-        return np.zeros(ctx.shape, dtype=bool)
-    # Each core grows back to the soft voxels nearest to it (within the radius): one region per core.
-    # Every core voxel lies in ``near``, so the nearest-core search runs inside its bounding box.
-    near = postprocess.margin(core, radius + 0.5 * float(max(spacing[:2])), spacing) & soft
-    del core
-    box = ndimage.find_objects(near.astype(np.uint8))[0]
-    nearest = ndimage.distance_transform_edt(
-        labels[box] == 0, sampling=ctx.spacing_kji, return_distances=False, return_indices=True
-    )
-    regions = labels[box][tuple(nearest)]
-    del nearest, labels
-    regions[~near[box]] = 0
-    _, sd = _label_mean_sd(ctx.array[box], regions, count)
     fluid = np.zeros(ctx.shape, dtype=bool)
+    if sigma <= 0 or not np.any(core):
+        return fluid
+    cores = run_components(core)  # numbered in raster order with face connectivity, as ndimage.label
+    count = cores.count
+    reach = radius + 0.5 * float(max(spacing[:2]))
+    near = postprocess.margin(core, reach, spacing) & soft
+    del core, soft
+    k_any = np.flatnonzero(near.any(axis=(1, 2)))
+    j_any = np.flatnonzero(near.any(axis=(0, 2)))
+    i_any = np.flatnonzero(near.any(axis=(0, 1)))
+    rows, cols = slice(j_any[0], j_any[-1] + 1), slice(i_any[0], i_any[-1] + 1)
+    k_first, k_stop = int(k_any[0]), int(k_any[-1]) + 1
+    halo = int(np.ceil(reach / float(spacing[2]))) + 1
+    step = postprocess.slices_per_slab(near[:, rows, cols])
+    n = np.zeros(count + 1)
+    total = np.zeros(count + 1)
+    squares = np.zeros(count + 1)
+    regions_near = []  # the region of every near voxel, slab after slab
+    for s0 in range(k_first, k_stop, step):
+        s1 = min(s0 + step, k_stop)
+        inside = near[s0:s1, rows, cols]
+        if not inside.any():
+            regions_near.append(np.zeros(0, dtype=np.int32))
+            continue
+        c0, c1 = max(k_first, s0 - halo), min(k_stop, s1 + halo)
+        labels = cores.label_slices(c0, c1)[:, rows, cols]
+        nearest = ndimage.distance_transform_edt(
+            labels == 0, sampling=ctx.spacing_kji, return_distances=False, return_indices=True
+        )[:, s0 - c0 : s1 - c0]
+        regions = labels[tuple(nearest)][inside]
+        del nearest, labels
+        sample = ctx.array[s0:s1, rows, cols][inside].astype(np.float64)
+        n += np.bincount(regions, minlength=count + 1)
+        total += np.bincount(regions, sample, minlength=count + 1)
+        squares += np.bincount(regions, sample * sample, minlength=count + 1)
+        regions_near.append(regions)
+    mean = total[1:] / np.maximum(n[1:], 1)
+    sd = np.sqrt(np.maximum(squares[1:] / np.maximum(n[1:], 1) - mean * mean, 0.0))
     fluid_labels = np.flatnonzero(sd < p["texture_ratio"] * sigma) + 1
     if fluid_labels.size:
-        fluid[box] = np.isin(regions, fluid_labels)
+        for s0, regions in zip(range(k_first, k_stop, step), regions_near):
+            if regions.size:
+                s1 = min(s0 + step, k_stop)
+                block = fluid[s0:s1, rows, cols]
+                block[near[s0:s1, rows, cols]] = np.isin(regions, fluid_labels)
     return fluid
 
 
 def _cavities(ctx: SegmentationContext, closed: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
     """Per-slice holes of ``closed`` that are marrow: a hole whose mean HU is that of CSF / neural tissue
-    (``canal_min``..``canal_max``) is the spinal canal (enclosed by the vertebral arch), not marrow."""
+    (``canal_min``..``canal_max``) is the spinal canal (enclosed by the vertebral arch), not marrow.
+
+    Holes and their labels are per slice (in-plane connectivity), so they are found one slice at a time:
+    no whole-volume label image (4 bytes per voxel)."""
     from scipy import ndimage
 
-    holes = postprocess.fill_holes(closed, per_slice=True) & ~closed
-    if not np.any(holes):
-        return holes
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    labels, count = ndimage.label(holes, structure=in_plane)
-    means, _ = _label_mean_sd(ctx.array, labels, count)
-    canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
-    return holes & ~np.isin(labels, canal) if canal.size else holes
+    marrow = np.zeros(ctx.shape, dtype=bool)
+    for k in range(ctx.shape[0]):
+        if not closed[k].any():
+            continue
+        holes = ndimage.binary_fill_holes(closed[k]) & ~closed[k]
+        if not holes.any():
+            continue
+        labels, count = ndimage.label(holes)
+        counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        means = np.bincount(labels.ravel(), ctx.array[k].ravel().astype(np.float64), minlength=count + 1)[1:]
+        means = means / np.maximum(counts, 1)
+        canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
+        marrow[k] = holes & ~np.isin(labels, canal) if canal.size else holes
+    return marrow
 
 
 def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:

@@ -22,7 +22,9 @@ def _compile() -> None:
     """Replace the kernels below by numba-compiled versions on first use (see MedSegLib.lazy_numba)."""
     from MedSegLib.lazy_numba import compile_kernels_in_place
 
-    compile_kernels_in_place(globals(), ("_count_runs", "_fill_runs", "_find", "_join_rows", "_number", "_paint"))
+    compile_kernels_in_place(
+        globals(), ("_count_runs", "_fill_runs", "_find", "_join_rows", "_number", "_paint", "_paint_labels")
+    )
 
 
 def _count_runs(mask, counts):  # mask uint8 [rows, width]; counts int64 [rows]
@@ -138,6 +140,14 @@ def _paint(out, row_start, starts, stops, component, keep):
                     out[row, i] = True
 
 
+def _paint_labels(out, first_row, row_start, starts, stops, component):
+    for row in range(out.shape[0]):
+        source = first_row + row
+        for r in range(row_start[source], row_start[source + 1]):
+            for i in range(starts[r], stops[r]):
+                out[row, i] = component[r]
+
+
 @dataclass
 class RunComponents:
     """The components of a mask: per run its component, per component (index 1..n) size and box."""
@@ -161,6 +171,15 @@ class RunComponents:
         keep = np.asarray(keep, dtype=np.bool_)
         keep[0] = False
         _paint(out.reshape(-1, self.shape[2]), self.row_start, self.starts, self.stops, self.component, keep)
+        return out
+
+    def label_slices(self, k0: int, k1: int) -> np.ndarray:
+        """The int32 component-number image of slices ``k0:k1`` (0 = background): labels for a slab only."""
+        _compile()
+        depth, height, width = self.shape
+        k0, k1 = max(0, int(k0)), min(depth, int(k1))
+        out = np.zeros((max(0, k1 - k0), height, width), dtype=np.int32)
+        _paint_labels(out.reshape(-1, width), k0 * height, self.row_start, self.starts, self.stops, self.component)
         return out
 
     def component_at(self, k: int, j: int, i: int) -> int:
