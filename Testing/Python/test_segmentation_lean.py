@@ -42,6 +42,8 @@ def test_hysteresis_and_islands_equal_scipy_labelling(monkeypatch) -> None:
     wanted = np.unique(labels[strong & mask])
     assert np.array_equal(postprocess.hysteresis(mask, strong), np.isin(labels, wanted[wanted > 0]))
     labels, count = ndimage.label(mask)
+    wanted = np.unique(labels[strong & mask])
+    assert np.array_equal(postprocess.hysteresis(mask, strong, False), np.isin(labels, wanted[wanted > 0]))
     sizes = np.bincount(labels.ravel())
     monkeypatch.setattr(postprocess, "SLAB_VOXELS", 30 * 33 * 3)  # 3-slice slabs: sizes summed across slabs
     assert np.array_equal(postprocess.label_sizes(labels), sizes)

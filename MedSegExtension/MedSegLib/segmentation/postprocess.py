@@ -290,10 +290,10 @@ def mask_by_intensity(
 
 
 def hysteresis(weak: np.ndarray, strong: np.ndarray, fully_connected: bool = True) -> np.ndarray:
-    """Components of ``weak`` that contain at least one ``strong`` voxel (two-level threshold): ITK's
-    binary reconstruction by dilation of ``strong & weak`` under ``weak``, on run-length label maps."""
-    import SimpleITK as sitk
+    """Components of ``weak`` that contain at least one ``strong`` voxel (two-level threshold): what ITK's
+    binary reconstruction by dilation of ``strong & weak`` under ``weak`` gives, computed on the runs of
+    ``weak`` (no image copies: the output mask is the only whole-volume allocation)."""
+    from MedSegLib.segmentation.run_components import run_components
 
-    weak_image = _image(weak)
-    marker = _image(np.logical_and(strong, weak))
-    return _array(sitk.BinaryReconstructionByDilation(marker, weak_image, 0, 1, fully_connected))
+    components = run_components(weak, fully_connected)
+    return components.paint(components.touching(strong))

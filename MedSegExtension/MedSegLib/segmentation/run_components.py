@@ -23,7 +23,8 @@ def _compile() -> None:
     from MedSegLib.lazy_numba import compile_kernels_in_place
 
     compile_kernels_in_place(
-        globals(), ("_count_runs", "_fill_runs", "_find", "_join_rows", "_number", "_paint", "_paint_labels")
+        globals(),
+        ("_count_runs", "_fill_runs", "_find", "_join_rows", "_number", "_paint", "_paint_labels", "_touching"),
     )
 
 
@@ -148,6 +149,18 @@ def _paint_labels(out, first_row, row_start, starts, stops, component):
                 out[row, i] = component[r]
 
 
+def _touching(strong, row_start, starts, stops, component, keep):
+    """keep[c] = True for every component with a run that covers a ``strong`` voxel."""
+    for row in range(row_start.shape[0] - 1):
+        for r in range(row_start[row], row_start[row + 1]):
+            if keep[component[r]]:
+                continue
+            for i in range(starts[r], stops[r]):
+                if strong[row, i] != 0:
+                    keep[component[r]] = True
+                    break
+
+
 @dataclass
 class RunComponents:
     """The components of a mask: per run its component, per component (index 1..n) size and box."""
@@ -181,6 +194,14 @@ class RunComponents:
         out = np.zeros((max(0, k1 - k0), height, width), dtype=np.int32)
         _paint_labels(out.reshape(-1, width), k0 * height, self.row_start, self.starts, self.stops, self.component)
         return out
+
+    def touching(self, strong: np.ndarray) -> np.ndarray:
+        """Per component number: does it contain a voxel of ``strong`` (same shape as the mask)?"""
+        _compile()
+        keep = np.zeros(self.count + 1, dtype=np.bool_)
+        rows = np.ascontiguousarray(strong, dtype=bool).view(np.uint8).reshape(-1, self.shape[2])
+        _touching(rows, self.row_start, self.starts, self.stops, self.component, keep)
+        return keep
 
     def component_at(self, k: int, j: int, i: int) -> int:
         """The component number of voxel (k, j, i), 0 outside the mask."""
