@@ -117,3 +117,19 @@ def test_fork_after_a_parallel_kernel_is_safe(tmp_path) -> None:
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split()[0] in ("tbb", "workqueue")
+
+
+@pytest.mark.parametrize("n", [101, 1000, 1001, 50000])
+def test_noise_sd_histogram_equals_float_medians(n) -> None:
+    """The noise estimate from a histogram of integer differences is the float MAD formula exactly."""
+    from types import SimpleNamespace
+
+    from MedSegLib.segmentation import presets
+
+    steps = np.random.default_rng(n).integers(-150, 150, size=n)
+    array = np.zeros((1, 1, n + 1), np.int16)
+    array[0, 0, 1:] = steps.cumsum() % 90  # soft tissue range (-100, 100)
+    ctx = SimpleNamespace(array=array, shape=array.shape)
+    difference = array[0, 0, 1:].astype(np.float32) - array[0, 0, :-1].astype(np.float32)
+    mad = float(np.median(np.abs(difference - np.median(difference))))
+    assert presets.noise_sd(ctx, np.ones(array.shape, bool)) == 1.4826 * mad / float(np.sqrt(2.0))

@@ -92,13 +92,16 @@ def _ras_x_of_voxels(ctx: SegmentationContext, mask: np.ndarray) -> float:
     """Mean RAS x (patient right is +) of a mask's voxels."""
     # Mean index per axis from the per-axis voxel counts (np.nonzero would hold 24 bytes per voxel).
     total = float(np.count_nonzero(mask))
-    ijk = np.array(
-        [
-            np.arange(mask.shape[axis]) @ mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
-            for axis in (2, 1, 0)
-        ],
-        dtype=np.float64,
-    ) / total
+    ijk = (
+        np.array(
+            [
+                np.arange(mask.shape[axis]) @ mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+                for axis in (2, 1, 0)
+            ],
+            dtype=np.float64,
+        )
+        / total
+    )
     return float(ctx.ijk_to_ras[0, :3] @ ijk + ctx.ijk_to_ras[0, 3])
 
 
@@ -236,20 +239,38 @@ def run_airway(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]
 
 def noise_sd(ctx: SegmentationContext, body: np.ndarray) -> float:
     """Image noise (HU, one SD) from differences of in-plane neighbours inside soft tissue (-100..100 HU):
-    a robust (MAD) estimate, so edges and texture barely move it."""
-    parts = []
+    a robust (MAD) estimate, so edges and texture barely move it.
+
+    The differences are integers in -198..198, so a histogram gives the exact medians ``np.median`` would
+    (the mean of the two middle values for an even count) without holding one float per voxel pair."""
+    counts = np.zeros(2 * _SOFT_DIFF + 1, dtype=np.int64)
     step = postprocess.slices_per_slab(ctx.array)  # a slab at a time: the temporaries stay small
     for start in range(0, ctx.shape[0], step):
         a = ctx.array[start : start + step, :, 1:]
         b = ctx.array[start : start + step, :, :-1]
         soft = (a > -100) & (a < 100) & (b > -100) & (b < 100) & body[start : start + step, :, 1:]
-        parts.append(a[soft].astype(np.float32) - b[soft].astype(np.float32))
-    difference = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    del parts
-    if difference.size < 100:
+        difference = a[soft].astype(np.int32) - b[soft]
+        counts += np.bincount(difference + _SOFT_DIFF, minlength=counts.size)
+    if counts.sum() < 100:
         return 0.0
-    mad = float(np.median(np.abs(difference - np.median(difference))))
+    values = np.arange(-_SOFT_DIFF, _SOFT_DIFF + 1, dtype=np.float64)
+    median = _median_of_counts(values, counts)
+    deviations = np.abs(values - median)
+    order = np.argsort(deviations, kind="stable")
+    mad = _median_of_counts(deviations[order], counts[order])
     return 1.4826 * mad / float(np.sqrt(2.0))
+
+
+_SOFT_DIFF = 199  # |a - b| < 200 for a, b in (-100, 100)
+
+
+def _median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """``np.median`` of the sample holding ``counts[i]`` copies of ``values[i]`` (values ascending)."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    low = values[np.searchsorted(cumulative, (n - 1) // 2 + 1)]
+    high = values[np.searchsorted(cumulative, n // 2 + 1)]
+    return float((low + high) / 2.0)
 
 
 def _label_mean_sd(values: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,9 +286,7 @@ def _label_mean_sd(values: np.ndarray, labels: np.ndarray, count: int) -> tuple[
     return mean, sd
 
 
-def _fluid_like_regions(
-    ctx: SegmentationContext, candidate: np.ndarray, cortex: np.ndarray, body: np.ndarray, p: Dict[str, Any]
-) -> np.ndarray:
+def _fluid_like_regions(ctx: SegmentationContext, candidate: np.ndarray, sigma: float, p: Dict[str, Any]) -> np.ndarray:
     """Thick non-cortical parts of ``candidate`` whose intensity is as homogeneous as the noise (see run_bone).
 
     Each core (a component of ``candidate`` minus cortex, eroded by the texture radius) grows back to
@@ -279,18 +298,22 @@ def _fluid_like_regions(
     from MedSegLib.segmentation.run_components import run_components
 
     spacing = ctx.spacing_ijk
-    sigma = noise_sd(ctx, body)
-    soft = candidate & ~cortex
+    soft = candidate & (ctx.array < p["strong"])  # not cortex (cortex = >= strong HU)
     radius = float(p["texture_radius_mm"])
     core = postprocess.margin(soft, -radius, spacing)
+    del soft  # recomputed slab by slab below: one mask less held through the second margin
     fluid = np.zeros(ctx.shape, dtype=bool)
     if sigma <= 0 or not np.any(core):
         return fluid
     cores = run_components(core)  # numbered in raster order with face connectivity, as ndimage.label
     count = cores.count
     reach = radius + 0.5 * float(max(spacing[:2]))
-    near = postprocess.margin(core, reach, spacing) & soft
-    del core, soft
+    near = postprocess.margin(core, reach, spacing)
+    del core
+    near = near if near.flags.writeable else near.copy()
+    for start in range(0, near.shape[0], postprocess.slices_per_slab(near)):
+        part = slice(start, start + postprocess.slices_per_slab(near))
+        near[part] &= candidate[part] & (ctx.array[part] < p["strong"])
     k_any = np.flatnonzero(near.any(axis=(1, 2)))
     j_any = np.flatnonzero(near.any(axis=(0, 2)))
     i_any = np.flatnonzero(near.any(axis=(0, 1)))
@@ -390,18 +413,27 @@ def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     check_range(p["lower"], p["strong"], ctx.method_name, "bone threshold")
     body = body_mask(ctx)
     ctx.report(0.4, "hysteresis")
-    cortex = ctx.array >= p["strong"]
-    bone = postprocess.hysteresis((ctx.array >= p["lower"]) & body, cortex)
+    weak = ctx.array >= p["lower"]
+    weak &= body
+    bone = postprocess.hysteresis(weak, ctx.array >= p["strong"])  # seeds: cortex
+    del weak  # masks are a byte per voxel each: only what a later step needs is kept (cortex is recomputed)
     if p["texture_ratio"] > 0 and np.any(bone):
         ctx.report(0.55, "removing fluid-like regions")
-        fluid = _fluid_like_regions(ctx, bone, cortex, body, p)
+        sigma = noise_sd(ctx, body)
+        del body
+        fluid = _fluid_like_regions(ctx, bone, sigma, p)
         if np.any(fluid):
-            bone = postprocess.hysteresis(bone & ~fluid, cortex)
+            np.logical_not(fluid, out=fluid)
+            fluid &= bone
+            bone = postprocess.hysteresis(fluid, ctx.array >= p["strong"])
+        del fluid
     if p["fill_marrow"]:
         ctx.report(0.7, "marrow")
         in_plane = np.array([ctx.spacing_ijk[0], ctx.spacing_ijk[1], np.inf])
-        closed = postprocess.smooth(bone, "closing", p["closing_mm"], in_plane) | bone
-        bone = closed | _cavities(ctx, closed, p)
+        closed = postprocess.smooth(bone, "closing", p["closing_mm"], in_plane)
+        closed = np.logical_or(closed, bone, out=closed if closed.flags.writeable else None)
+        del bone
+        bone = np.logical_or(closed, _cavities(ctx, closed, p), out=closed)
     bone = postprocess.remove_small_islands(bone, _ml_to_voxels(ctx, p["min_island_ml"]))
     bone = ctx.finish(bone)
     require_nonempty(bone, ctx.method_name, f"no voxel >= {p['strong']:g} HU inside the body")
