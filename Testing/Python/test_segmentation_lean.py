@@ -53,16 +53,6 @@ def test_hysteresis_and_islands_equal_scipy_labelling(monkeypatch) -> None:
         assert np.array_equal(postprocess.remove_small_islands(mask, minimum), keep[labels])
 
 
-def test_label_mean_sd_equals_scipy() -> None:
-    rng = np.random.default_rng(2)
-    values = rng.integers(-1000, 2000, size=(20, 30, 30)).astype(np.int16)
-    labels, count = ndimage.label(_blobs((20, 30, 30), seed=3))
-    mean, sd = presets._label_mean_sd(values, labels, count)
-    index = np.arange(1, count + 1)
-    np.testing.assert_allclose(mean, ndimage.mean(values, labels, index), rtol=1e-12, atol=1e-9)
-    np.testing.assert_allclose(sd, ndimage.standard_deviation(values, labels, index), rtol=1e-9, atol=1e-6)
-
-
 def test_quantised_watershed_keeps_the_float_basins() -> None:
     """16-bit gradient levels (what MedSeg floods) give the basins of the float gradient."""
     import SimpleITK as sitk
@@ -123,8 +113,6 @@ def test_fork_after_a_parallel_kernel_is_safe(tmp_path) -> None:
 def test_noise_sd_histogram_equals_float_medians(n) -> None:
     """The noise estimate from a histogram of integer differences is the float MAD formula exactly."""
     from types import SimpleNamespace
-
-    from MedSegLib.segmentation import presets
 
     steps = np.random.default_rng(n).integers(-150, 150, size=n)
     array = np.zeros((1, 1, n + 1), np.int16)

@@ -2,8 +2,9 @@
 Logical operators / Mask-by-intensity effects do, but sized in millimetres on anisotropic voxels.
 
 All functions take and return boolean numpy arrays ``[k, j, i]``; sizes in mm use ``spacing_ijk``.
-Heavy lifting is SimpleITK (multi-threaded); labelling of components uses ITK's relabel filter so that
-"largest" is well defined (sorted by size, ties by first occurrence).
+Heavy lifting is SimpleITK (multi-threaded). Island clean-ups and hysteresis work on the mask's runs
+(``run_components``: ITK's numbering, no voxel label image); ``label_islands`` / ``split_islands`` use
+ITK's relabel filter (sorted by size, ties by first occurrence).
 """
 
 from __future__ import annotations

@@ -273,19 +273,6 @@ def _median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
     return float((low + high) / 2.0)
 
 
-def _label_mean_sd(values: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and SD of ``values`` per label 1..count, from the labelled voxels only (scipy's ndimage.mean
-    and standard_deviation widen the whole volume to float64 and the labels to 8-byte indices)."""
-    inside = labels > 0
-    index = labels[inside]
-    sample = values[inside].astype(np.float64)
-    del inside
-    n = np.maximum(np.bincount(index, minlength=count + 1)[1:], 1)
-    mean = np.bincount(index, sample, minlength=count + 1)[1:] / n
-    sd = np.sqrt(np.maximum(np.bincount(index, sample * sample, minlength=count + 1)[1:] / n - mean * mean, 0.0))
-    return mean, sd
-
-
 def _fluid_like_regions(ctx: SegmentationContext, candidate: np.ndarray, sigma: float, p: Dict[str, Any]) -> np.ndarray:
     """Thick non-cortical parts of ``candidate`` whose intensity is as homogeneous as the noise (see run_bone).
 
