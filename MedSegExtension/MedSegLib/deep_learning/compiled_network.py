@@ -48,6 +48,16 @@ def network_key(net: Any, input_shape: Sequence[int]) -> str:
     return digest.hexdigest()[:32]
 
 
+def reproduces(reference: Any, candidate: Any, tolerance: float) -> Tuple[bool, float]:
+    """(ok, max abs difference): does ``candidate`` equal the eager ``reference`` output within
+    ``tolerance`` relative to the output's magnitude (at least 1)? A shape mismatch is an infinite one."""
+    if candidate.shape != reference.shape:
+        return False, float("inf")
+    scale = max(1.0, float(reference.abs().max()))
+    difference = float((candidate.float() - reference.float()).abs().max())
+    return difference <= tolerance * scale, difference
+
+
 class FixedBatchNetwork:
     """Call a network compiled for ``batch`` windows with fewer: pad with zero windows, drop their output."""
 
@@ -137,9 +147,7 @@ def compile_for_cpu(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if target.is_file():
-                return FixedBatchNetwork(_load_package(target), batch), (
-                    f"AOT-compiled for batch {batch} (cached)"
-                )
+                return FixedBatchNetwork(_load_package(target), batch), (f"AOT-compiled for batch {batch} (cached)")
             _compile_package(net, example, target)
             compiled = _load_package(target)
             with torch.inference_mode():
@@ -148,10 +156,8 @@ def compile_for_cpu(
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager network
         first_line = (str(error).strip().splitlines() or [""])[0][:120]
         return net, f"eager (compilation failed: {type(error).__name__}: {first_line})"
-    scale = max(1.0, float(reference.abs().max()))
-    same_shape = candidate.shape == reference.shape
-    difference = float((candidate.float() - reference.float()).abs().max()) if same_shape else float("inf")
-    if not difference <= tolerance * scale:
+    ok, difference = reproduces(reference, candidate, tolerance)
+    if not ok:
         target.unlink(missing_ok=True)
         rejected.write_text(f"compiled network differed from the eager one by {difference:.2g}\n")
         return net, f"eager (compiled network differed by {difference:.2g})"

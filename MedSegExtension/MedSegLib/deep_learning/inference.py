@@ -70,9 +70,10 @@ def optimize_for_cpu(net: Any, example: Any, tolerance: float = 1e-5) -> Tuple[A
                 candidate = optimized(example)  # second call: the one that runs the optimised graph
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager network
         return net, f"eager (optimisation failed: {type(error).__name__})"
-    scale = max(1.0, float(reference.abs().max()))
-    difference = float((candidate.float() - reference.float()).abs().max())
-    if candidate.shape != reference.shape or not difference <= tolerance * scale:
+    from MedSegLib.deep_learning.compiled_network import reproduces
+
+    ok, difference = reproduces(reference, candidate, tolerance)
+    if not ok:
         return net, f"eager (optimised graph differed by {difference:.2g})"
     return optimized, "traced+frozen"
 

@@ -192,9 +192,9 @@ def iter_sliding_window_slabs(
     ``workers`` (CPU only): run each batch of windows as that many concurrent sub-batches, each with an
     equal share of torch's intra-op threads (None or 0: one per thread); 1 = one forward pass per batch.
     ``processes`` (CPU on Linux, needs ``out_channels``): that many forked single-threaded copies of
-    ``predictor`` take window batches beside this process, which also runs one torch thread (see
-    ``window_processes``; meant for an AOT-compiled network, which holds the GIL); ``workers`` is then
-    ignored. Elsewhere the batches run here with all threads.
+    ``predictor`` take windows one at a time beside this process, which also runs one torch thread (see
+    ``window_processes``; meant for an AOT-compiled network, which holds the GIL); ``workers`` and the
+    batch size are then ignored. Elsewhere the batches run here with all threads.
 
     ``image`` is a CPU tensor ``[C, D, H, W]`` (one image); ``averaged`` is float32 ``[K, z1-z0, H, W]``,
     exactly what MONAI returns for those rows (weighted average of raw predictor outputs).
@@ -239,8 +239,9 @@ def iter_sliding_window_slabs(
             if n_workers > 1:
                 parallel = _ParallelPredictor(predictor, n_workers)
                 torch.set_num_threads(per_worker)
+        stitched_batch = 1 if pool is not None else batch  # the forked path stitches window by window
         yield from _stitch(
-            image, predictor, parallel, pool, plan, weight, batch, device, amp, amp_dtype, progress, cancel
+            image, predictor, parallel, pool, plan, weight, stitched_batch, device, amp, amp_dtype, progress, cancel
         )
     finally:
         if parallel is not None:

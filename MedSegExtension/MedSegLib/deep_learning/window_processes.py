@@ -173,8 +173,9 @@ class ForkedWindowWorkers:
         readable, _, _ = select.select(self.pipes, [], [], timeout)
         for fd in readable:
             header = _read_exact(fd, _MESSAGE.size)
-            if not header:
+            if not header:  # the child finished its windows and exited
                 self.pipes.remove(fd)
+                os.close(fd)
                 continue
             index, size = _MESSAGE.unpack(header)
             if index < 0:
