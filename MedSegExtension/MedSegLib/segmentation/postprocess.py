@@ -9,7 +9,7 @@ ITK's relabel filter (sorted by size, ties by first occurrence).
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -41,21 +41,13 @@ def _array(image: Any) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image).astype(bool)
 
 
-def components_image(mask: np.ndarray, fully_connected: bool = False) -> Any:
-    """ITK's connected components of ``mask`` as a SimpleITK uint32 image, labels in raster order of
-    first voxel (unsorted)."""
-    import SimpleITK as sitk
-
-    return sitk.ConnectedComponent(_image(mask), fully_connected)
-
-
 def label_islands(mask: np.ndarray, fully_connected: bool = False) -> np.ndarray:
     """Component labels 1..n sorted by decreasing size (0 = background)."""
     import SimpleITK as sitk
 
     from MedSegLib.segmentation.core import array_view
 
-    components = components_image(mask, fully_connected)
+    components = sitk.ConnectedComponent(_image(mask), fully_connected)
     relabelled = sitk.RelabelComponent(components, 0, True)
     del components  # peak = two uint32 images; the result is a read-only view of the second (no copy)
     return array_view(relabelled)
@@ -68,9 +60,7 @@ def keep_largest_island(mask: np.ndarray, fully_connected: bool = False) -> np.n
     from MedSegLib.segmentation.run_components import run_components
 
     components = run_components(mask, fully_connected)
-    keep = np.zeros(components.count + 1, dtype=bool)
-    keep[int(np.argmax(components.sizes[1:])) + 1] = True
-    return components.paint(keep)
+    return components.paint_numbers([int(np.argmax(components.sizes[1:])) + 1])
 
 
 def remove_small_islands(mask: np.ndarray, min_voxels: int, fully_connected: bool = False) -> np.ndarray:
@@ -95,6 +85,17 @@ def slices_per_slab(volume: np.ndarray, voxels: Optional[int] = None) -> int:
     return max(1, (SLAB_VOXELS if voxels is None else voxels) // max(1, volume[0].size))
 
 
+def intersect_by_slab(mask: np.ndarray, condition: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """``mask & condition(slices)``, with the condition built a slab of slices at a time (a whole-volume
+    condition would be one more byte per voxel); in place when ``mask`` is writable."""
+    out = mask if mask.flags.writeable else mask.copy()
+    step = slices_per_slab(out)
+    for start in range(0, out.shape[0], step):
+        part = slice(start, start + step)
+        out[part] &= condition(part)
+    return out
+
+
 def label_sizes(labels: np.ndarray) -> np.ndarray:
     """Voxels per label value 0..max (int64), counted a slab at a time: ``np.bincount`` casts its input to
     8-byte indices, which for the whole volume would be 8 bytes per voxel on top of the label image."""
@@ -112,10 +113,8 @@ def islands_containing(mask: np.ndarray, seeds_ijk: np.ndarray, fully_connected:
     from MedSegLib.segmentation.run_components import run_components
 
     components = run_components(mask, fully_connected)
-    keep = np.zeros(components.count + 1, dtype=bool)
-    for i, j, k in np.asarray(seeds_ijk, dtype=np.int64):
-        keep[components.component_at(int(k), int(j), int(i))] = True
-    return components.paint(keep)
+    seeds = np.asarray(seeds_ijk, dtype=np.int64)
+    return components.paint_numbers([components.component_at(int(k), int(j), int(i)) for i, j, k in seeds])
 
 
 def split_islands(mask: np.ndarray, min_voxels: int = 1, fully_connected: bool = False) -> List[np.ndarray]:

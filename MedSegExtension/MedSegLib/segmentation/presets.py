@@ -49,10 +49,7 @@ def body_mask(
         opened = _drop_flat_plates(ctx, opened)
         body = postprocess.margin(opened, table_mm / 2.0 + max(spacing[:2]), spacing)
         del opened
-        body = body if body.flags.writeable else body.copy()
-        step = postprocess.slices_per_slab(body)
-        for start in range(0, body.shape[0], step):
-            body[start : start + step] &= ctx.array[start : start + step] > threshold
+        body = postprocess.intersect_by_slab(body, lambda part: ctx.array[part] > threshold)
     else:
         body = candidate
     body = postprocess.remove_small_islands(body, _ml_to_voxels(ctx, min_island_ml))
@@ -125,16 +122,13 @@ def lung_components(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarra
     components = run_components(air)  # sizes from the runs: no voxel label image (4 bytes per voxel)
     del air
     min_voxels = _ml_to_voxels(ctx, p["min_lung_ml"])
-    keep = np.zeros(components.count + 1, dtype=bool)
+    lungs = []
     # Only a few components are big enough to test; one painted mask per candidate.
-    for value in np.flatnonzero(components.sizes >= min_voxels):
-        if value == 0:
-            continue
-        only = np.zeros_like(keep)
-        only[value] = True
-        median = float(np.median(ctx.array[components.paint(only)]))
-        keep[value] = p["parenchyma_min"] <= median <= p["parenchyma_max"]
-    return components.paint(keep)
+    for value in np.flatnonzero(components.sizes[1:] >= min_voxels) + 1:
+        median = float(np.median(ctx.array[components.paint_numbers([value])]))
+        if p["parenchyma_min"] <= median <= p["parenchyma_max"]:
+            lungs.append(value)
+    return components.paint_numbers(lungs)
 
 
 def trachea_seed(ctx: SegmentationContext, body: np.ndarray, threshold: float) -> np.ndarray:
@@ -297,10 +291,7 @@ def _fluid_like_regions(ctx: SegmentationContext, candidate: np.ndarray, sigma: 
     reach = radius + 0.5 * float(max(spacing[:2]))
     near = postprocess.margin(core, reach, spacing)
     del core
-    near = near if near.flags.writeable else near.copy()
-    for start in range(0, near.shape[0], postprocess.slices_per_slab(near)):
-        part = slice(start, start + postprocess.slices_per_slab(near))
-        near[part] &= candidate[part] & (ctx.array[part] < p["strong"])
+    near = postprocess.intersect_by_slab(near, lambda part: candidate[part] & (ctx.array[part] < p["strong"]))
     k_any = np.flatnonzero(near.any(axis=(1, 2)))
     j_any = np.flatnonzero(near.any(axis=(0, 2)))
     i_any = np.flatnonzero(near.any(axis=(0, 1)))

@@ -186,6 +186,12 @@ class RunComponents:
         _paint(out.reshape(-1, self.shape[2]), self.row_start, self.starts, self.stops, self.component, keep)
         return out
 
+    def paint_numbers(self, numbers) -> np.ndarray:
+        """A new mask of the components numbered ``numbers`` (0 = background is ignored)."""
+        keep = np.zeros(self.count + 1, dtype=np.bool_)
+        keep[np.asarray(numbers, dtype=np.int64)] = True
+        return self.paint(keep)
+
     def label_slices(self, k0: int, k1: int) -> np.ndarray:
         """The int32 component-number image of slices ``k0:k1`` (0 = background): labels for a slab only."""
         _compile()
