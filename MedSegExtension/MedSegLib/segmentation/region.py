@@ -164,15 +164,29 @@ def _seed_balls(ctx: SegmentationContext, radius_mm: float, seeds: Optional[np.n
     return postprocess.margin(mask, radius_mm, ctx.spacing_ijk)
 
 
+def _seed_box(ctx: SegmentationContext, pad_ijk: Any) -> Tuple[slice, slice, slice]:
+    """Bounding box (k, j, i slices) of all seeds padded by ``pad_ijk`` voxels, clipped to the volume."""
+    indices = ctx.seed_indices()
+    low = np.maximum(indices.min(axis=0) - pad_ijk, 0)
+    high = np.minimum(indices.max(axis=0) + pad_ijk + 1, np.array(ctx.shape[::-1]))
+    return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
+
+
 def _roi(ctx: SegmentationContext, roi_mm: float) -> Tuple[slice, slice, slice]:
     """Bounding box (k, j, i slices) of all seeds padded by ``roi_mm`` (0 = whole volume)."""
     if roi_mm <= 0:
         return (slice(None), slice(None), slice(None))
-    indices = ctx.seed_indices()
-    pad = radius_in_voxels(roi_mm, ctx.spacing_ijk)
-    low = np.maximum(indices.min(axis=0) - pad, 0)
-    high = np.minimum(indices.max(axis=0) + pad + 1, np.array(ctx.shape[::-1]))
-    return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
+    return _seed_box(ctx, radius_in_voxels(roi_mm, ctx.spacing_ijk))
+
+
+def _cropped(ctx: SegmentationContext, box: Tuple[slice, slice, slice]) -> Tuple[SegmentationContext, np.ndarray]:
+    """(context of ``ctx.array[box]`` with its shifted geometry and the same seeds, offset (i, j, k))."""
+    offset = np.array([box[2].start or 0, box[1].start or 0, box[0].start or 0])
+    sub_ctx = SegmentationContext(
+        np.ascontiguousarray(ctx.array[box]), ctx.ijk_to_ras.copy(), seeds=list(ctx.seeds), method_name=ctx.method_name
+    )
+    sub_ctx.ijk_to_ras[:3, 3] = ctx.ijk_to_ras[:3, :3] @ offset + ctx.ijk_to_ras[:3, 3]
+    return sub_ctx, offset
 
 
 def edge_speed(image: Any, sigma_mm: float, inside: Any = None, alpha: Optional[float] = None) -> Any:
@@ -207,10 +221,8 @@ def run_level_set(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
 
     _seed_list(ctx)
     roi = _roi(ctx, p["roi_mm"])
-    offset = np.array([roi[2].start or 0, roi[1].start or 0, roi[0].start or 0])
-    sub = ctx.array[roi]
-    sub_ctx = SegmentationContext(np.ascontiguousarray(sub), ctx.ijk_to_ras.copy(), method_name=ctx.method_name)
-    sub_ctx.ijk_to_ras[:3, 3] = ctx.ijk_to_ras[:3, :3] @ offset + ctx.ijk_to_ras[:3, 3]
+    sub_ctx, offset = _cropped(ctx, roi)
+    sub = sub_ctx.array
     seeds = ctx.seed_indices() - offset
     # Initial level set: signed distance (mm) to balls around the seeds, analytic so that even a ball of
     # one or two voxels has a proper negative inside (a Maurer map of such a ball is all zeros).
@@ -273,11 +285,7 @@ def fast_marching_box(ctx: SegmentationContext, stopping_value: float, sigma_mm:
     """
     spacing = np.asarray(ctx.spacing_ijk, dtype=float)
     reach = int(math.ceil(stopping_value * math.sqrt(3.0) / float(spacing.min()))) + 1
-    pad = reach + np.ceil(4.0 * sigma_mm / spacing).astype(int)
-    indices = ctx.seed_indices()
-    low = np.maximum(indices.min(axis=0) - pad, 0)
-    high = np.minimum(indices.max(axis=0) + pad + 1, np.array(ctx.shape[::-1]))
-    return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
+    return _seed_box(ctx, reach + np.ceil(4.0 * sigma_mm / spacing).astype(int))
 
 
 def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
@@ -292,12 +300,7 @@ def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segme
     _seed_list(ctx)
     stopping = float(p["stopping_time"])
     box = fast_marching_box(ctx, stopping * 1.05, float(p["sigma_mm"]))
-    offset = np.array([box[2].start, box[1].start, box[0].start])
-    sub_ctx = SegmentationContext(
-        np.ascontiguousarray(ctx.array[box]), ctx.ijk_to_ras.copy(), method_name=ctx.method_name
-    )
-    sub_ctx.ijk_to_ras[:3, 3] = ctx.ijk_to_ras[:3, :3] @ offset + ctx.ijk_to_ras[:3, 3]
-    sub_ctx.seeds = list(ctx.seeds)
+    sub_ctx, _ = _cropped(ctx, box)
     radius = 2.0 * p["sigma_mm"]
     speed, _ = edge_speed(
         sub_ctx.float_image, p["sigma_mm"], lambda gradient: seed_neighbourhood_values(sub_ctx, radius, gradient)
