@@ -85,8 +85,6 @@ def _join_rows(row_start, starts, stops, parent, depth, height, full):
                         continue  # only rows already visited: (k, j-1) and the slice before
                     if not full and dk != 0 and dj != 0:
                         continue
-                    if not full and dk == 0 and dj != -1:
-                        continue
                     kk, jj = k + dk, j + dj
                     if kk < 0 or jj < 0 or jj >= height:
                         continue
