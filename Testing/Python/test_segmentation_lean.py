@@ -20,18 +20,41 @@ def _blobs(shape=(40, 30, 33), seed=0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("margin_mm", [2.5, -2.5, 4.05, -4.05, 1.0])
-def test_slab_margin_equals_whole_volume(monkeypatch, margin_mm) -> None:
+def test_margin_paths_equal_the_euclidean_rule(monkeypatch, margin_mm) -> None:
+    """The ball-kernel path, the whole-volume distance map and slab-wise distance maps give the same mask,
+    and it is the Euclidean distance rule itself (scipy's float64 EDT as the reference; margins that are
+    no exact voxel-distance tie: ITK's map is float32, the kernel includes ties, scipy rounds them)."""
     mask = _blobs()
     spacing = (0.8, 0.9, 1.1)
+    kernel = postprocess.margin(mask, margin_mm, spacing)
+    monkeypatch.setattr(postprocess, "MARGIN_KERNEL_ROWS", 0)  # distance maps from here on
     whole = postprocess.margin(mask, margin_mm, spacing)
     monkeypatch.setattr(postprocess, "MARGIN_SLAB_VOXELS", 30 * 33 * 3)  # 3-slice slabs, halo 3-5 slices
     slabs = postprocess.margin(mask, margin_mm, spacing)
     assert np.array_equal(whole, slabs)
-    # and the whole-volume result is the Euclidean distance rule itself (scipy's EDT as the reference;
-    # margins that are no exact voxel-distance tie: ITK computes in float32, scipy in float64)
+    assert np.array_equal(kernel, whole)
     if margin_mm > 0:
-        reference = ndimage.distance_transform_edt(~mask, sampling=spacing[::-1]) <= margin_mm
-        assert np.array_equal(whole, reference | mask)
+        reference = mask | (ndimage.distance_transform_edt(~mask, sampling=spacing[::-1]) <= margin_mm)
+    else:  # the border does not erode: scipy's EDT of the background with the outside as object
+        padded = np.pad(~mask, 6, constant_values=False)
+        reference = mask & (
+            ndimage.distance_transform_edt(~padded, sampling=spacing[::-1])[6:-6, 6:-6, 6:-6] > -margin_mm
+        )
+    assert np.array_equal(kernel, reference)
+    assert kernel.sum() != mask.sum()  # the margin did something
+
+
+def test_margin_includes_exact_ties() -> None:
+    """A voxel exactly ``margin`` away (a 3-4-5 triangle of 0.6 x 0.8 mm steps) is within the margin."""
+    from MedSegLib.segmentation import morphology
+
+    mask = np.zeros((1, 9, 9), dtype=bool)
+    mask[0, 4, 4] = True
+    grown = postprocess.margin(mask, 3.0, (0.6, 0.8, 1.0))  # i steps 0.6 mm, j steps 0.8 mm
+    assert grown[0, 4 + 2, 4 + 4]  # 2 x 0.8 = 1.6 mm, 4 x 0.6 = 2.4 mm: exactly 3.0 mm
+    assert not grown[0, 4 + 3, 4 + 4]  # 3.0 mm + 2.4 mm apart: sqrt(2.4^2 + 2.4^2) = 3.39 mm
+    dzs, dys, ws = morphology.distance_rows(3.0, (0.6, 0.8, 1.0))
+    assert (ws[(dzs == 0) & (dys == 0)] == 5).all()  # 5 x 0.6 = 3.0 mm
 
 
 def test_hysteresis_and_islands_equal_scipy_labelling(monkeypatch) -> None:

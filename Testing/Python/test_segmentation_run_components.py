@@ -62,3 +62,30 @@ def test_diagonal_touch_joins_only_when_fully_connected() -> None:
     mask[1, 1, 2:4] = True  # touches the first run only at a corner
     assert run_components(mask, False).count == 2
     assert run_components(mask, True).count == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_connected_to_seeds_equals_itk_connected_threshold(seed) -> None:
+    """The airway's connected threshold on runs gives ITK's ConnectedThreshold voxel for voxel (face
+    connectivity, several seeds, a seed outside the range contributes nothing)."""
+    import SimpleITK as sitk
+
+    from MedSegLib.segmentation.run_components import connected_to_seeds
+
+    rng = np.random.default_rng(seed)
+    array = rng.integers(-1000, 200, size=(18, 25, 31)).astype(np.int16)
+    seeds_kji = np.array([[3, 4, 5], [10, 20, 7], [17, 0, 30]])
+    array[tuple(seeds_kji[0])] = -900  # inside the range
+    array[tuple(seeds_kji[1])] = 100  # outside it
+    upper = -350
+    expected = sitk.GetArrayFromImage(
+        sitk.ConnectedThreshold(
+            sitk.GetImageFromArray(array),
+            seedList=[tuple(int(v) for v in row[::-1]) for row in seeds_kji],
+            lower=-3000.0,
+            upper=float(upper),
+        )
+    ).astype(bool)
+    got = connected_to_seeds((array >= -3000) & (array <= upper), seeds_kji)
+    assert expected.sum() > 50
+    assert np.array_equal(got, expected)

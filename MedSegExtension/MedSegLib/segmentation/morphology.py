@@ -161,22 +161,79 @@ def kernel_rows(radius_ijk: Tuple[int, int, int], kernel: str = "ball") -> Tuple
     return dzs, dys, ws
 
 
+@functools.lru_cache(maxsize=64)
+def distance_rows(
+    radius_mm: float, spacing_ijk: Tuple[float, float, float]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The offsets whose centre-to-centre distance is at most ``radius_mm`` (a Euclidean ball in mm on
+    the voxel grid) as rows ``(dz, dy)`` with half-width ``w``, centre row first.
+
+    Eroding with it removes exactly the voxels that have a background voxel centre within ``radius_mm``,
+    and dilating adds exactly those with a foreground voxel centre within it: the Euclidean distance
+    rule of a margin, with no distance map (the output mask is the only whole-volume allocation).
+    Offsets at exactly the radius are inside (a float32 distance map decides such ties by rounding)."""
+    sx, sy, sz = (float(s) for s in spacing_ijk)
+    r2 = float(radius_mm) ** 2 * (1.0 + 1e-9)  # an exact tie (e.g. a 3-4-5 triangle) is within the radius
+    rows = []
+    for dz in range(-int(radius_mm // sz), int(radius_mm // sz) + 1):
+        for dy in range(-int(radius_mm // sy), int(radius_mm // sy) + 1):
+            left = r2 - (dz * sz) ** 2 - (dy * sy) ** 2
+            if left < 0:
+                continue
+            w = int(np.sqrt(left) // sx)
+            while ((w + 1) * sx) ** 2 <= left:  # sqrt rounding: the widest w with (w sx)^2 <= left
+                w += 1
+            while w > 0 and (w * sx) ** 2 > left:
+                w -= 1
+            rows.append((dz * dz + dy * dy, dz, dy, w))
+    rows.sort()
+    result = tuple(np.array([row[i] for row in rows], dtype=np.int64) for i in (1, 2, 3))
+    for array in result:
+        array.setflags(write=False)
+    return result  # type: ignore[return-value]
+
+
 def _run(mask: np.ndarray, radius_ijk: Sequence[int], kernel: str, invert: bool, boundary_fg: bool) -> np.ndarray:
-    source = np.ascontiguousarray(mask, dtype=bool)
-    if source.ndim != 3:
-        raise ValueError(f"expected a 3D mask (k, j, i), got shape {source.shape}")
     radius = tuple(max(0, int(r)) for r in radius_ijk)
     if len(radius) != 3:
         raise ValueError(f"expected 3 radii (i, j, k), got {radius_ijk!r}")
-    if not any(radius) or source.size == 0:
+    if not any(radius):
+        return _source(mask).copy()
+    return _run_rows(mask, kernel_rows(radius, kernel), invert, boundary_fg)
+
+
+def _source(mask: np.ndarray) -> np.ndarray:
+    source = np.ascontiguousarray(mask, dtype=bool)
+    if source.ndim != 3:
+        raise ValueError(f"expected a 3D mask (k, j, i), got shape {source.shape}")
+    return source
+
+
+def _run_rows(mask: np.ndarray, rows: Tuple[np.ndarray, np.ndarray, np.ndarray], invert: bool, boundary_fg: bool):
+    source = _source(mask)
+    if source.size == 0:
         return source.copy()
     _compile_kernels()
-    dzs, dys, ws = kernel_rows(radius, kernel)
+    dzs, dys, ws = rows
+    rz = int(np.abs(dzs).max())
     out = np.empty(source.shape, dtype=np.uint8)
     threads = _threads()
-    block = max(1, -(-source.shape[0] // (4 * threads)), 2 * radius[2] + 1)  # halo recomputed per block
-    _erode(source.view(np.uint8), out, dzs, dys, ws, radius[2], invert, boundary_fg, block)
+    block = max(1, -(-source.shape[0] // (4 * threads)), 2 * rz + 1)  # halo recomputed per block
+    _erode(source.view(np.uint8), out, dzs, dys, ws, rz, invert, boundary_fg, block)
     return out.view(bool)
+
+
+def erode_distance(mask: np.ndarray, radius_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
+    """Voxels of ``mask`` with no background voxel centre within ``radius_mm``; outside the image counts
+    as foreground (anatomy cut by the scan's edge continues beyond it). See :func:`distance_rows`."""
+    rows = distance_rows(float(radius_mm), tuple(float(s) for s in spacing_ijk))
+    return _run_rows(mask, rows, False, True)
+
+
+def dilate_distance(mask: np.ndarray, radius_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
+    """Voxels with a foreground voxel centre of ``mask`` within ``radius_mm`` (see :func:`distance_rows`)."""
+    rows = distance_rows(float(radius_mm), tuple(float(s) for s in spacing_ijk))
+    return _run_rows(mask, rows, True, True)
 
 
 def _threads() -> int:

@@ -124,16 +124,17 @@ def split_islands(mask: np.ndarray, min_voxels: int = 1, fully_connected: bool =
     return [labels == value for value in range(1, len(counts)) if counts[value] >= max(1, min_voxels)]
 
 
-def fill_holes(mask: np.ndarray, per_slice: bool = False) -> np.ndarray:
+def fill_holes(mask: np.ndarray, per_slice: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Fill cavities not connected to the border; ``per_slice`` fills each axial slice (k) in 2D,
-    which also closes tubes open at the top/bottom of the scan (e.g. bone marrow, airway lumen)."""
+    which also closes tubes open at the top/bottom of the scan (e.g. bone marrow, airway lumen).
+    ``out`` (per slice only) receives the result; it may be ``mask`` itself (filled in place)."""
     import SimpleITK as sitk
 
     if not per_slice:
         return _array(sitk.BinaryFillhole(_image(mask), fullyConnected=False, foregroundValue=1))
     from scipy import ndimage
 
-    out = np.empty(mask.shape, dtype=bool)
+    out = np.empty(mask.shape, dtype=bool) if out is None else out
     for k in range(mask.shape[0]):
         out[k] = ndimage.binary_fill_holes(mask[k]) if mask[k].any() else False
     return out
@@ -192,6 +193,10 @@ def signed_distance_mm(mask: np.ndarray, spacing_ijk: Sequence[float]) -> np.nda
 
 # Voxels per slab for slab-wise margins: the distance map of a slab (float32) stays ~32 MiB.
 MARGIN_SLAB_VOXELS = 1 << 23
+# Margins whose Euclidean ball has at most this many kernel rows (~10 mm on 0.8 mm voxels) run as a
+# run-length erosion/dilation with that ball (morphology.distance_rows): exact, 10-20x faster than the
+# distance map for a few mm and no memory beyond the output; wider balls use slab-wise distance maps.
+MARGIN_KERNEL_ROWS = 600
 
 
 def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> np.ndarray:
@@ -199,12 +204,25 @@ def margin(mask: np.ndarray, margin_mm: float, spacing_ijk: Sequence[float]) -> 
     so the result is the same on anisotropic voxels as on isotropic ones. When shrinking, anatomy cut
     by the edge of the scan is assumed to continue beyond it (the border does not erode).
 
-    Large volumes are processed in slabs of slices with a halo deeper than the margin: whether a voxel
-    lies within ``margin_mm`` of the boundary depends only on voxels within that distance, so the result
-    is the same as for the whole volume, with the distance map's memory bounded by the slab."""
+    Margins of up to ``MARGIN_KERNEL_ROWS`` kernel rows are an erosion/dilation with the Euclidean ball
+    itself (no memory beyond the output). Wider ones use distance maps, on large volumes in slabs of
+    slices with a halo deeper than the margin: whether a voxel lies within ``margin_mm`` of the boundary
+    depends only on voxels within that distance, so the result is the same as for the whole volume, with
+    the distance map's memory bounded by the slab."""
+    from MedSegLib.segmentation import morphology
+
     mask = np.asarray(mask, dtype=bool)
     if margin_mm == 0 or not np.any(mask):
         return mask
+    spacing = tuple(float(s) for s in spacing_ijk)
+    if len(morphology.distance_rows(abs(float(margin_mm)), spacing)[0]) <= MARGIN_KERNEL_ROWS:
+        if margin_mm > 0:
+            grown = morphology.dilate_distance(mask, margin_mm, spacing)
+            grown |= mask
+            return grown
+        shrunk = morphology.erode_distance(mask, -margin_mm, spacing)
+        shrunk &= mask
+        return shrunk
     halo = int(np.ceil(abs(margin_mm) / float(spacing_ijk[2]))) + 1
     slab = slices_per_slab(mask, MARGIN_SLAB_VOXELS)
     if mask.shape[0] <= slab + 2 * halo:

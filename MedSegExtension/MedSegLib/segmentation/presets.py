@@ -27,6 +27,7 @@ from MedSegLib.segmentation.core import SegmentationContext, SegmentMask, requir
 from MedSegLib.segmentation.params import SEEDS_NONE, SEEDS_OPTIONAL, Method, Param, check_range
 
 AIR_TISSUE_HU = -500.0
+AIRWAY_LOWER_HU = -3000.0  # below: padding outside the reconstruction circle (e.g. -3024), not lumen
 
 
 def _ml_to_voxels(ctx: SegmentationContext, ml: float) -> int:
@@ -168,25 +169,28 @@ def trachea_seed(ctx: SegmentationContext, body: np.ndarray, threshold: float) -
     )
 
 
-def airway_mask(ctx: SegmentationContext, p: Dict[str, Any], body: np.ndarray) -> np.ndarray:
-    """Trachea/bronchi: connected threshold from the trachea, raising the upper threshold in 25 HU steps
-    (from ``airway_threshold`` up to ``airway_max_threshold``) until the volume explodes (a leak into
-    the lung parenchyma: > 1.5x growth in one step, or above ``max_airway_ml``); the last good one wins."""
-    import SimpleITK as sitk
+def airway_mask(ctx: SegmentationContext, p: Dict[str, Any], seeds: np.ndarray) -> np.ndarray:
+    """Trachea/bronchi: connected threshold from the trachea ``seeds`` (rows i, j, k), raising the upper
+    threshold in 25 HU steps (from ``airway_threshold`` up to ``airway_max_threshold``) until the volume
+    explodes (a leak into the lung parenchyma: > 1.5x growth in one step, or above ``max_airway_ml``); the
+    last good one wins. Each step is ITK's ConnectedThreshold (face connectivity) on the runs of the
+    threshold mask (``run_components.connected_to_seeds``)."""
+    from MedSegLib.segmentation.run_components import connected_to_seeds
 
-    seeds = ctx.seed_indices() if ctx.seeds else trachea_seed(ctx, body, p["airway_threshold"])
-    seed_list = [tuple(int(v) for v in row) for row in seeds]
+    seeds_kji = np.asarray(seeds)[:, ::-1]
     max_voxels = _ml_to_voxels(ctx, p["max_airway_ml"])
     best: Optional[np.ndarray] = None
     best_count = 0
     threshold = float(p["airway_threshold"])
     while threshold <= p["airway_max_threshold"] + 1e-6:
-        grown = sitk.ConnectedThreshold(ctx.image, seedList=seed_list, lower=-3000.0, upper=threshold)
-        mask = sitk.GetArrayViewFromImage(grown).astype(bool)
-        count = int(mask.sum())
+        lumen = postprocess.intersect_by_slab(ctx.array <= threshold, lambda part: ctx.array[part] >= AIRWAY_LOWER_HU)
+        mask = connected_to_seeds(lumen, seeds_kji)
+        del lumen
+        count = int(np.count_nonzero(mask))
         if count > max_voxels or (best is not None and count > 1.5 * best_count):
             break
         best, best_count = mask, count
+        del mask
         threshold += 25.0
     if best is None or best_count == 0:
         raise UserInputError(
@@ -202,19 +206,29 @@ def run_lungs(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     lungs = lung_components(ctx, p, body)
     if not np.any(lungs):
         raise UserInputError(f"{ctx.method_name}: no lung found (no air region with lung parenchyma intensities)")
+    midline_x = _ras_x_of_voxels(ctx, body)
     try:
-        airway = airway_mask(ctx, p, body)
-        lungs &= ~postprocess.margin(airway, float(max(ctx.spacing_ijk)), ctx.spacing_ijk)
+        seeds: Optional[np.ndarray] = (
+            ctx.seed_indices() if ctx.seeds else trachea_seed(ctx, body, p["airway_threshold"])
+        )
     except UserInputError:
-        pass  # no trachea in the field of view (e.g. abdomen scans): nothing to remove
-    lungs = postprocess.fill_holes(lungs, per_slice=True)  # vessels inside the lungs belong to them
-    lungs = postprocess.smooth(lungs, "closing", 2.0 * float(max(ctx.spacing_ijk[:2])), ctx.spacing_ijk) | lungs
+        seeds = None  # no trachea in the field of view (e.g. abdomen scans): nothing to remove
+    del body  # a byte per voxel: what follows needs only the midline and the seeds
+    if seeds is not None:
+        try:
+            airway = airway_mask(ctx, p, seeds)
+            lungs &= ~postprocess.margin(airway, float(max(ctx.spacing_ijk)), ctx.spacing_ijk)
+            del airway
+        except UserInputError:
+            pass  # the airway leaks at once: nothing removed
+    postprocess.fill_holes(lungs, per_slice=True, out=lungs)  # vessels inside the lungs belong to them
+    lungs = postprocess.smooth(lungs, "closing", 2.0 * float(max(ctx.spacing_ijk[:2])), ctx.spacing_ijk)
     lungs = ctx.finish(lungs)
     if not p["split"]:
         return [SegmentMask("Lungs", lungs, "lung")]
     # Left/right by side of the body midline, per connected component (a component crossing the midline,
     # e.g. joined at the anterior junction, is cut at the midline).
-    right = _right_of(ctx, lungs, _ras_x_of_voxels(ctx, body))
+    right = _right_of(ctx, lungs, midline_x)
     left = lungs & ~right
     segments = []
     if np.any(right):
@@ -225,8 +239,13 @@ def run_lungs(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
 
 
 def run_airway(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
-    body = body_mask(ctx)
-    mask = ctx.finish(airway_mask(ctx, p, body))
+    if ctx.seeds:
+        seeds = ctx.seed_indices()
+    else:
+        body = body_mask(ctx)
+        seeds = trachea_seed(ctx, body, p["airway_threshold"])
+        del body  # only the seed search needs it
+    mask = ctx.finish(airway_mask(ctx, p, seeds))
     require_nonempty(mask, ctx.method_name)
     return [SegmentMask("Airway", mask, "airway")]
 
@@ -333,28 +352,34 @@ def _fluid_like_regions(ctx: SegmentationContext, candidate: np.ndarray, sigma: 
     return fluid
 
 
-def _cavities(ctx: SegmentationContext, closed: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
-    """Per-slice holes of ``closed`` that are marrow: a hole whose mean HU is that of CSF / neural tissue
-    (``canal_min``..``canal_max``) is the spinal canal (enclosed by the vertebral arch), not marrow.
+def _fill_marrow(ctx: SegmentationContext, bone: np.ndarray, p: Dict[str, Any]) -> None:
+    """Close ``bone`` in-plane (``closing_mm``) and add its marrow cavities, in place, a slab of slices
+    at a time: both are per-slice operations, so no whole-volume copy is needed."""
+    in_plane = np.array([ctx.spacing_ijk[0], ctx.spacing_ijk[1], np.inf])
+    step = postprocess.slices_per_slab(bone)
+    for start in range(0, ctx.shape[0], step):
+        part = slice(start, min(start + step, ctx.shape[0]))
+        closed = postprocess.smooth(bone[part], "closing", p["closing_mm"], in_plane)  # includes bone[part]
+        bone[part] = closed
+        for k in range(part.start, part.stop):
+            if bone[k].any():
+                bone[k] |= _marrow_holes(ctx.array[k], bone[k], p)
 
-    Holes and their labels are per slice (in-plane connectivity), so they are found one slice at a time:
-    no whole-volume label image (4 bytes per voxel)."""
+
+def _marrow_holes(hu: np.ndarray, closed: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
+    """The holes of a closed bone cross-section that are marrow: a hole whose mean HU is that of CSF /
+    neural tissue (``canal_min``..``canal_max``) is the spinal canal (enclosed by the vertebral arch)."""
     from scipy import ndimage
 
-    marrow = np.zeros(ctx.shape, dtype=bool)
-    for k in range(ctx.shape[0]):
-        if not closed[k].any():
-            continue
-        holes = ndimage.binary_fill_holes(closed[k]) & ~closed[k]
-        if not holes.any():
-            continue
-        labels, count = ndimage.label(holes)
-        counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        means = np.bincount(labels.ravel(), ctx.array[k].ravel().astype(np.float64), minlength=count + 1)[1:]
-        means = means / np.maximum(counts, 1)
-        canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
-        marrow[k] = holes & ~np.isin(labels, canal) if canal.size else holes
-    return marrow
+    holes = ndimage.binary_fill_holes(closed) & ~closed
+    if not holes.any():
+        return holes
+    labels, count = ndimage.label(holes)
+    counts = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    means = np.bincount(labels.ravel(), hu.ravel().astype(np.float64), minlength=count + 1)[1:]
+    means = means / np.maximum(counts, 1)
+    canal = np.flatnonzero((means > p["canal_min"]) & (means < p["canal_max"])) + 1
+    return holes & ~np.isin(labels, canal) if canal.size else holes
 
 
 def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
@@ -390,28 +415,25 @@ def run_bone(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
     """
     check_range(p["lower"], p["strong"], ctx.method_name, "bone threshold")
     body = body_mask(ctx)
+    sigma = noise_sd(ctx, body) if p["texture_ratio"] > 0 else 0.0
     ctx.report(0.4, "hysteresis")
     weak = ctx.array >= p["lower"]
     weak &= body
+    del body  # masks are a byte per voxel each: only what a later step needs is kept (cortex is recomputed)
     bone = postprocess.hysteresis(weak, ctx.array >= p["strong"])  # seeds: cortex
-    del weak  # masks are a byte per voxel each: only what a later step needs is kept (cortex is recomputed)
+    del weak
     if p["texture_ratio"] > 0 and np.any(bone):
         ctx.report(0.55, "removing fluid-like regions")
-        sigma = noise_sd(ctx, body)
-        del body
         fluid = _fluid_like_regions(ctx, bone, sigma, p)
         if np.any(fluid):
             np.logical_not(fluid, out=fluid)
             fluid &= bone
+            del bone
             bone = postprocess.hysteresis(fluid, ctx.array >= p["strong"])
         del fluid
     if p["fill_marrow"]:
         ctx.report(0.7, "marrow")
-        in_plane = np.array([ctx.spacing_ijk[0], ctx.spacing_ijk[1], np.inf])
-        closed = postprocess.smooth(bone, "closing", p["closing_mm"], in_plane)
-        closed = np.logical_or(closed, bone, out=closed if closed.flags.writeable else None)
-        del bone
-        bone = np.logical_or(closed, _cavities(ctx, closed, p), out=closed)
+        _fill_marrow(ctx, bone, p)
     bone = postprocess.remove_small_islands(bone, _ml_to_voxels(ctx, p["min_island_ml"]))
     bone = ctx.finish(bone)
     require_nonempty(bone, ctx.method_name, f"no voxel >= {p['strong']:g} HU inside the body")

@@ -242,3 +242,12 @@ def run_components(mask: np.ndarray, fully_connected: bool = False) -> RunCompon
     return RunComponents(
         tuple(mask.shape), row_start, starts, stops, component, sizes[: n + 1].copy(), boxes[: n + 1].copy()
     )
+
+
+def connected_to_seeds(mask: np.ndarray, seeds_kji: np.ndarray, fully_connected: bool = False) -> np.ndarray:
+    """The components of ``mask`` that contain a seed voxel (rows of ``seeds_kji``): what ITK's connected
+    threshold gives for ``mask`` = the threshold test, with the output mask as the only whole-volume array
+    (ITK adds an image of visited flags and its own output beside the input)."""
+    components = run_components(mask, fully_connected)
+    numbers = [components.component_at(int(k), int(j), int(i)) for k, j, i in np.asarray(seeds_kji).reshape(-1, 3)]
+    return components.paint_numbers(numbers)
