@@ -76,33 +76,6 @@ def test_hysteresis_and_islands_equal_scipy_labelling(monkeypatch) -> None:
         assert np.array_equal(postprocess.remove_small_islands(mask, minimum), keep[labels])
 
 
-def test_quantised_watershed_keeps_the_float_basins() -> None:
-    """16-bit gradient levels (what MedSeg floods) give the basins of the float gradient."""
-    import SimpleITK as sitk
-
-    from MedSegLib.sample_data import make_ct_phantom
-    from MedSegLib.segmentation.region import quantised_gradient
-
-    phantom = make_ct_phantom((40, 96, 96), (5.0, 2.0, 2.0), seed=4)
-    image = sitk.GetImageFromArray(phantom.hu)
-    image.SetSpacing((2.0, 2.0, 5.0))
-    gradient = sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), 2.0)
-    quantised, scale = quantised_gradient(gradient)
-    top = float(sitk.GetArrayViewFromImage(gradient).max())
-    assert quantised.GetPixelID() == sitk.sitkUInt16 and scale == pytest.approx(65535 / top)
-    np.testing.assert_allclose(
-        sitk.GetArrayViewFromImage(quantised) / scale, sitk.GetArrayViewFromImage(gradient), atol=0.5 / scale + 1e-6
-    )
-    exact = sitk.GetArrayFromImage(sitk.MorphologicalWatershed(gradient, 20.0, False, False))
-    levels = sitk.GetArrayFromImage(sitk.MorphologicalWatershed(quantised, 20.0 * scale, False, False))
-    assert exact.max() == levels.max() > 10
-    # same partition: each float basin maps onto one quantised basin for all but a few voxels
-    pairs, counts = np.unique(exact.astype(np.int64) << 32 | levels, return_counts=True)
-    agreeing = np.zeros(int(exact.max()) + 1, np.int64)
-    np.maximum.at(agreeing, pairs >> 32, counts)
-    assert agreeing.sum() / exact.size > 1 - 1e-4
-
-
 def test_fork_after_a_parallel_kernel_is_safe(tmp_path) -> None:
     """MedSegLib selects a fork-safe numba threading layer: a process that ran a parallel kernel (morphology)
     can still fork (the DICOM indexer's pool does); with GNU OpenMP the child would abort."""

@@ -318,86 +318,75 @@ def run_fast_marching(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segme
     return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
 
 
-WATERSHED_LEVELS = 65535
-
-
-def quantised_gradient(gradient: Any) -> Tuple[Any, float]:
-    """The gradient magnitude rounded to ``WATERSHED_LEVELS`` uint16 steps over [0, max], and the scale
-    (levels per gradient unit). ITK's morphological watershed keeps a queue per distinct grey value: on the
-    float gradient it took ~33x the int16 input's bytes and 3x the time on a CT phantom, on 16-bit levels
-    ~10x, with the same basins (2e-6 of the phantom's voxels assigned differently; the test allows 1e-4)."""
-    import SimpleITK as sitk
-
-    extrema = sitk.MinimumMaximumImageFilter()
-    extrema.Execute(gradient)
-    top = float(extrema.GetMaximum())
-    scale = WATERSHED_LEVELS / top if top > 0 else 1.0
-    # (g + 0.5 / scale) * scale, truncated to uint16 = g * scale rounded, in one pass with no float copy
-    return sitk.ShiftScale(gradient, 0.5 / scale, scale, sitk.sitkUInt16), scale
-
-
 def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
-    """Watershed of the gradient magnitude (scale ``object_scale_mm``, as Slicer's Watershed effect).
+    """Watershed of the gradient magnitude (Gaussian scale ``object_scale_mm``, as Slicer's Watershed effect).
 
     Marker-based with seeds of two or more groups (each group floods its basins; the result partitions
     the volume, as Slicer's Watershed effect). With one group, the morphological watershed (flooding level
     ``level`` of the gradient) basins containing its seeds; without seeds, the ``max_segments`` largest
     basins. (The volume border is not used as background: anatomy usually crosses it.)
-    """
-    import SimpleITK as sitk
 
-    # A float copy that lives only for this call (not ctx.float_image, which would stay for the whole run
-    # beside the gradient and the label image).
-    gradient, scale = quantised_gradient(
-        sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(ctx.image, sitk.sitkFloat32), float(p["object_scale_mm"]))
-    )
-    ctx.report(0.3, "watershed")
+    ITK's algorithms (h-minima markers, flooding) on 15-bit gradient levels in :mod:`watershed`: the
+    whole-volume arrays are the levels and one 16-bit buffer (~2x the int16 input at the peak, against
+    ~21x for SimpleITK's GradientMagnitudeRecursiveGaussian + MorphologicalWatershed).
+    """
+    from MedSegLib.segmentation import watershed
+
     groups = ctx.seed_groups() if ctx.seeds else {}
+    level = float(p["level"]) if len(groups) < 2 else 0.0
+    levels, scale = watershed.gradient_levels(ctx.array, ctx.spacing_ijk, float(p["object_scale_mm"]), level)
+    ctx.report(0.3, "watershed")
     if len(groups) >= 2:
-        markers = np.zeros(ctx.shape, dtype=np.uint16)
         names = list(groups)
+        markers = np.zeros(ctx.shape, dtype=np.uint8 if len(names) < 256 else np.uint16)
         for value, name in enumerate(names, start=1):
             balls = _seed_balls(ctx, p["seed_radius_mm"], groups[name])
             markers[balls & (markers == 0)] = value
-        marker_image = sitk.GetImageFromArray(markers)
-        marker_image.CopyInformation(gradient)
-        labels = array_view(
-            sitk.MorphologicalWatershedFromMarkers(
-                gradient, marker_image, markWatershedLine=False, fullyConnected=False
-            )
-        )
-        del gradient, marker_image, markers
-        segments = []
-        for value, name in enumerate(names, start=1):
-            mask = ctx.finish(labels == value)
-            if np.any(mask):
-                segments.append(SegmentMask(name, mask))
+            del balls
+        handed_over = [markers]  # the only reference: flood frees the markers once it has its start voxels
+        del markers
+        labels = _restricted(ctx, watershed.flood(levels, handed_over))
+        del levels
+        segments = [SegmentMask(name, labels=labels, value=value) for value, name in enumerate(names, start=1)]
+        segments = [segment for segment in segments if segment.any()]
         if not segments:
             raise UserInputError(f"{ctx.method_name}: every basin is empty")
         return segments
-    labels = array_view(  # the filter's label image as it is: no copy
-        sitk.MorphologicalWatershed(
-            gradient, level=float(p["level"]) * scale, markWatershedLine=False, fullyConnected=False
-        )
-    )
-    del gradient
+    handed_over = [watershed.morphological_markers(levels, int(level * scale))[0]]  # truncated, as ITK casts
+    labels = watershed.flood(levels, handed_over)
+    del levels  # ``labels`` is the same array
     if groups:  # one seed group: the basins that contain its seeds
         seeds = next(iter(groups.values()))
         wanted = np.unique(labels[seeds[:, 2], seeds[:, 1], seeds[:, 0]])
         mask = ctx.finish(np.isin(labels, wanted[wanted > 0]))
         require_nonempty(mask, ctx.method_name)
         return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
-    counts = postprocess.label_sizes(labels)
+    counts = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
+    step = postprocess.slices_per_slab(labels)  # np.bincount of the whole would copy it to int64 first
+    for start in range(0, labels.shape[0], step):
+        counts += np.bincount(labels[start : start + step].reshape(-1), minlength=counts.size)
     counts[0] = 0
-    order = np.argsort(counts)[::-1][: int(p["max_segments"])]
-    segments = [
-        SegmentMask(f"{p['segment_name']}_{n}", ctx.finish(labels == value))
-        for n, value in enumerate(order, start=1)
-        if counts[value] > 0
-    ]
-    if not segments:
+    order = [int(value) for value in np.argsort(counts)[::-1][: int(p["max_segments"])] if counts[value] > 0]
+    if not order:
         raise UserInputError(f"{ctx.method_name}: no basin found; lower --level")
-    return segments
+    lookup = np.zeros(counts.size, dtype=np.uint8 if len(order) < 256 else np.uint16)
+    lookup[order] = np.arange(1, len(order) + 1)
+    kept = np.empty(ctx.shape, dtype=lookup.dtype)  # basin n of the result = the n-th largest
+    for start in range(0, labels.shape[0], step):  # slab-wise: fancy indexing makes an int64 index copy
+        kept[start : start + step] = lookup[labels[start : start + step]]
+    del labels
+    kept = _restricted(ctx, kept)
+    return [SegmentMask(f"{p['segment_name']}_{n}", labels=kept, value=n) for n in range(1, len(order) + 1)]
+
+
+def _restricted(ctx: SegmentationContext, labels: np.ndarray) -> np.ndarray:
+    """``labels`` set to 0 outside the context mask (in place, a slab at a time)."""
+    if ctx.mask is not None:
+        step = postprocess.slices_per_slab(labels)
+        for start in range(0, labels.shape[0], step):
+            part = slice(start, start + step)
+            labels[part][~ctx.mask[part]] = 0
+    return labels
 
 
 LOWER = Param("lower", float, None, "lowest intensity (default: from the seed neighbourhood)", "HU")

@@ -1,0 +1,106 @@
+"""The memory-lean watershed (MedSegLib.segmentation.watershed) against independent references: ITK's
+MorphologicalWatershed / MorphologicalWatershedFromMarkers on the same levels (voxel for voxel), scipy's
+Gaussian derivatives for the gradient, and ITK's watershed of the float gradient for the quantisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from MedSegLib.segmentation import watershed
+
+
+def _levels(seed: int, shape=(14, 23, 27), spacing=(0.8, 0.9, 1.3)):
+    rng = np.random.default_rng(seed)
+    volume = (ndimage.gaussian_filter(rng.normal(size=shape), 1.0) * 1000).astype(np.int16)
+    return volume, watershed.gradient_levels(volume, spacing, 1.5, 20.0)
+
+
+def _scipy_gradient(volume: np.ndarray, spacing, sigma_mm: float) -> np.ndarray:
+    """|grad| per mm from scipy's Gaussian derivative filters on the whole volume (float64)."""
+    spacing_kji = spacing[::-1]
+    sigma = [sigma_mm / s for s in spacing_kji]
+    parts = []
+    for axis in range(3):
+        order = [int(axis == a) for a in range(3)]
+        derivative = ndimage.gaussian_filter(volume.astype(np.float64), sigma, order=order, mode="reflect")
+        parts.append(derivative / spacing_kji[axis])
+    return np.sqrt(sum(part**2 for part in parts))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_levels_are_scipys_gaussian_gradient(monkeypatch, seed) -> None:
+    spacing = (0.8, 0.9, 1.3)
+    volume, (levels, scale) = _levels(seed, spacing=spacing)
+    reference = _scipy_gradient(volume, spacing, 1.5)
+    assert levels.dtype == np.uint16 and levels.max() <= watershed.LEVELS
+    assert scale == pytest.approx(watershed.LEVELS / (reference.max() + 20.0), rel=1e-5)
+    np.testing.assert_allclose(levels / scale, reference, atol=0.5 / scale + 1e-4 * reference.max())
+    monkeypatch.setattr(watershed, "SLAB_SLICES", 3)  # slabs with halos give the whole-volume numbers
+    assert np.array_equal(watershed.gradient_levels(volume, spacing, 1.5, 20.0)[0], levels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_morphological_watershed_equals_itk(seed) -> None:
+    import SimpleITK as sitk
+
+    _, (levels, scale) = _levels(seed)
+    h = int(20.0 * scale)
+    expected = sitk.GetArrayFromImage(
+        sitk.MorphologicalWatershed(sitk.GetImageFromArray(levels), h, markWatershedLine=False, fullyConnected=False)
+    )
+    markers, count = watershed.morphological_markers(levels, h)
+    assert count == expected.max() > 3
+    got = watershed.flood(levels.copy(), [markers])
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marker_flooding_equals_itk(seed) -> None:
+    import SimpleITK as sitk
+
+    _, (levels, _) = _levels(seed)
+    markers = np.zeros(levels.shape, np.uint8)
+    markers[0, 0, 0] = 1
+    markers[-1, -1, -4:] = 2
+    markers[7, 10:12, 13] = 3
+    expected = sitk.GetArrayFromImage(
+        sitk.MorphologicalWatershedFromMarkers(
+            sitk.GetImageFromArray(levels),
+            sitk.GetImageFromArray(markers),
+            markWatershedLine=False,
+            fullyConnected=False,
+        )
+    )
+    got = watershed.flood(levels.copy(), markers)
+    assert np.array_equal(got, expected)
+    assert set(np.unique(got)) == {1, 2, 3}
+
+
+def test_levels_keep_the_basins_of_the_float_gradient() -> None:
+    """15-bit levels give the basins ITK finds on the float gradient itself (all but a few voxels)."""
+    import SimpleITK as sitk
+
+    from MedSegLib.sample_data import make_ct_phantom
+
+    phantom = make_ct_phantom((40, 96, 96), (5.0, 2.0, 2.0), seed=4)
+    spacing = (2.0, 2.0, 5.0)
+    levels, scale = watershed.gradient_levels(phantom.hu, spacing, 2.0, 20.0)
+    gradient = sitk.GetImageFromArray(_scipy_gradient(phantom.hu, spacing, 2.0).astype(np.float32))
+    exact = sitk.GetArrayFromImage(sitk.MorphologicalWatershed(gradient, 20.0, False, False))
+    markers, _ = watershed.morphological_markers(levels, int(20.0 * scale))
+    ours = watershed.flood(levels, [markers])
+    assert exact.max() == ours.max() > 10
+    pairs, counts = np.unique(exact.astype(np.int64) << 32 | ours, return_counts=True)
+    agreeing = np.zeros(int(exact.max()) + 1, np.int64)
+    np.maximum.at(agreeing, pairs >> 32, counts)
+    assert agreeing.sum() / exact.size > 1 - 1e-4
+
+
+def test_flood_rejects_labels_beyond_15_bits() -> None:
+    levels = np.zeros((2, 3, 4), np.uint16)
+    markers = np.zeros((2, 3, 4), np.uint16)
+    markers[0, 0, 0] = 40000
+    with pytest.raises(OverflowError, match="32768"):
+        watershed.flood(levels, markers)
