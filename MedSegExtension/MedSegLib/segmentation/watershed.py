@@ -8,7 +8,8 @@ flags, the minima mask and the basin labels; queues hold only the flooding front
 
 - Gradient: the magnitude of the derivatives of a Gaussian of ``sigma_mm`` (scipy's
   ``gaussian_gradient_magnitude`` with ``mode="reflect"``, derivatives per mm), computed a slab of slices at
-  a time with a halo of the kernel's radius: the same numbers as for the whole volume (FIR kernels).
+  a time from the input (FIR kernels: the same numbers as for the whole volume), in two passes (the
+  maximum, then the levels) so that only a slab of floats exists at once.
 - Levels: rounded to ``0..LEVELS`` with ``LEVELS = 2**15 - 1`` (the top bit of the shared buffer is the
   regional-minima flag), scaled so that ``gradient max + h`` still fits.
 - Markers: ITK's MorphologicalWatershed: regional minima (face connectivity) of the h-minima transform
@@ -27,9 +28,10 @@ import numpy as np
 
 LEVELS = (1 << 15) - 1
 _FLAG = 1 << 15
-_BLOCK = 64  # queue entries per pooled block (a partly filled block per active level)
+_BLOCK = 64  # queue entries per pooled block (each active level holds one partly filled block)
 _KERNELS = (
     "_neighbour",
+    "_reflect",
     "_q_new",
     "_q_grow",
     "_q_push",
@@ -149,53 +151,60 @@ def _q_pop(pool, links, free, head, tail, hpos, tpos, state, level):
 # Gradient magnitude
 
 
+def _reflect(index, size):
+    """scipy's "reflect" boundary: d c b a | a b c d | d c b a."""
+    while index < 0 or index >= size:
+        index = -index - 1 if index < 0 else 2 * size - index - 1
+    return index
+
+
 def _gradient_slices(src, k0, k1, smooth_z, deriv_z, smooth_y, deriv_y, smooth_x, deriv_x, out):
     """|grad| of slices ``k0 <= k < k1`` of ``src`` (whole volume, any numeric dtype) into ``out[k - k0]``:
-    z-filters first (reading up to ``len(kernel) // 2`` slices around, mirrored at the volume's ends as
-    scipy's "reflect"), then the in-plane filters per slice. Kernels are correlation weights per mm."""
+    the z-filters first (reading the ``len(kernel) // 2`` slices around each, mirrored at the volume's
+    ends), then the in-plane filters. Kernels are correlation weights, derivatives per mm."""
     nz, ny, nx = src.shape
-    depth = k1 - k0
     rz, ry, rx = smooth_z.shape[0] // 2, smooth_y.shape[0] // 2, smooth_x.shape[0] // 2
-    for s in _prange(depth):
+    for s in _prange(k1 - k0):
         k = k0 + s
         sz = np.zeros((ny, nx), np.float64)  # z-smoothed
         dz = np.zeros((ny, nx), np.float64)  # z-derivative
         for t in range(-rz, rz + 1):
-            kk = k + t
-            while kk < 0 or kk >= nz:  # scipy "reflect": d c b a | a b c d | d c b a
-                kk = -kk - 1 if kk < 0 else 2 * nz - kk - 1
+            kk = _reflect(k + t, nz)
             ws, wd = smooth_z[t + rz], deriv_z[t + rz]
             for y in range(ny):
                 for x in range(nx):
                     v = float(src[kk, y, x])
                     sz[y, x] += ws * v
                     dz[y, x] += wd * v
-        # in-plane: gx = dX sY sz, gy = sX dY sz, gz = sX sY dz
-        ysz = np.zeros((ny, nx), np.float64)
-        ydz = np.zeros((ny, nx), np.float64)
-        yds = np.zeros((ny, nx), np.float64)
+        # in-plane: gx = dX sY sz, gy = sX dY sz, gz = sX sY dz; rows padded by reflection for the x-filter
+        ysz = np.zeros((ny, nx + 2 * rx), np.float64)
+        yds = np.zeros((ny, nx + 2 * rx), np.float64)
+        ydz = np.zeros((ny, nx + 2 * rx), np.float64)
         for y in range(ny):
             for t in range(-ry, ry + 1):
-                yy = y + t
-                while yy < 0 or yy >= ny:
-                    yy = -yy - 1 if yy < 0 else 2 * ny - yy - 1
+                yy = _reflect(y + t, ny)
                 ws, wd = smooth_y[t + ry], deriv_y[t + ry]
                 for x in range(nx):
-                    ysz[y, x] += ws * sz[yy, x]
-                    yds[y, x] += wd * sz[yy, x]
-                    ydz[y, x] += ws * dz[yy, x]
-        for y in range(ny):
+                    ysz[y, x + rx] += ws * sz[yy, x]
+                    yds[y, x + rx] += wd * sz[yy, x]
+                    ydz[y, x + rx] += ws * dz[yy, x]
+            for x in range(rx):
+                left = _reflect(x - rx, nx) + rx
+                right = _reflect(nx + x, nx) + rx
+                ysz[y, x], yds[y, x], ydz[y, x] = ysz[y, left], yds[y, left], ydz[y, left]
+                ysz[y, nx + rx + x], yds[y, nx + rx + x], ydz[y, nx + rx + x] = (
+                    ysz[y, right],
+                    yds[y, right],
+                    ydz[y, right],
+                )
             for x in range(nx):
                 gx = 0.0
                 gy = 0.0
                 gz = 0.0
-                for t in range(-rx, rx + 1):
-                    xx = x + t
-                    while xx < 0 or xx >= nx:
-                        xx = -xx - 1 if xx < 0 else 2 * nx - xx - 1
-                    gx += deriv_x[t + rx] * ysz[y, xx]
-                    gy += smooth_x[t + rx] * yds[y, xx]
-                    gz += smooth_x[t + rx] * ydz[y, xx]
+                for t in range(2 * rx + 1):
+                    gx += deriv_x[t] * ysz[y, x + t]
+                    gy += smooth_x[t] * yds[y, x + t]
+                    gz += smooth_x[t] * ydz[y, x + t]
                 out[s, y, x] = np.sqrt(gx * gx + gy * gy + gz * gz)
 
 
@@ -212,7 +221,7 @@ def _kernels_mm(sigma_mm: float, spacing: float, truncate: float = 4.0) -> Tuple
     return phi, derivative
 
 
-SLAB_SLICES = 8
+SLAB_SLICES = 16  # float slices computed at once (and the parallel width)
 
 
 def gradient_levels(
