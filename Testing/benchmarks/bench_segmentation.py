@@ -115,6 +115,32 @@ def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, floa
         f.SetStoppingValue(30.0 * 1.05)
         return sitk.BinaryThreshold(f.Execute(speed), 0, 30.0)
 
+    def level_set():
+        # MedSeg's default (intensity) level set on the same ROI: the ROI crop, the analytic signed distance
+        # to a 5 mm ball around the seed, thresholds = ball mean +/- 2.5 SD, then ITK's filter.
+        spacing = np.array(image.GetSpacing())
+        pad = np.rint(LEVEL_SET_ROI_MM / spacing).astype(int)
+        low = np.maximum(np.array(seed_ijk) - pad, 0)
+        high = np.minimum(np.array(seed_ijk) + pad + 1, np.array(image.GetSize()))
+        sub = sitk.Cast(image[low[0] : high[0], low[1] : high[1], low[2] : high[2]], sitk.sitkFloat32)
+        k, j, i = np.ogrid[: high[2] - low[2], : high[1] - low[1], : high[0] - low[0]]
+        si, sj, sk = np.array(seed_ijk) - low
+        radius = max(5.0, 1.5 * float(spacing.max()))
+        phi = (
+            np.sqrt(((i - si) * spacing[0]) ** 2 + ((j - sj) * spacing[1]) ** 2 + ((k - sk) * spacing[2]) ** 2) - radius
+        ).astype(np.float32)
+        values = sitk.GetArrayViewFromImage(sub)[phi < 0]
+        distance = sitk.GetImageFromArray(phi)
+        distance.CopyInformation(sub)
+        f = sitk.ThresholdSegmentationLevelSetImageFilter()
+        f.SetLowerThreshold(float(values.mean() - 2.5 * values.std()))
+        f.SetUpperThreshold(float(values.mean() + 2.5 * values.std()))
+        f.SetMaximumRMSError(0.002)
+        f.SetNumberOfIterations(300)
+        f.SetCurvatureScaling(1.0)
+        f.SetPropagationScaling(1.0)
+        return f.Execute(distance, sub)
+
     return {
         "threshold": lambda: sitk.BinaryThreshold(image, 200.0, 3071.0, 1, 0),
         "otsu": otsu,
@@ -129,10 +155,15 @@ def bare_calls(image: Any, seed_ijk: Tuple[int, int, int], stats: Dict[str, floa
         ),
         "watershed": watershed,
         "fast-marching": fast_marching,
+        "level-set": level_set,
     }
 
 
+SEEDED = ("region-growing", "confidence-connected", "fast-marching", "level-set")
+LEVEL_SET_ROI_MM = 40.0  # a level set works around its seeds (ITK-SNAP's ROI); both sides use this box
+
 MEDSEG_PARAMETERS: Dict[str, Dict[str, Any]] = {
+    "level-set": {"roi_mm": LEVEL_SET_ROI_MM},
     "threshold": {"lower": 200.0, "upper": 3071.0},
     "region-growing": {"leak_radius_mm": 0.0},  # the bare call has no leak cut
     "confidence-connected": {"leak_radius_mm": 0.0},
@@ -274,7 +305,7 @@ def main(argv: List[str] | None = None) -> int:
     medseg: Dict[str, Tuple[float, float, float]] = {}
     for name in methods:
         parameters = MEDSEG_PARAMETERS.get(name, {})
-        seeds = [seed] if name in ("region-growing", "confidence-connected", "fast-marching") else None
+        seeds = [seed] if name in SEEDED else None
         run = functools.partial(run_method, hu, ijk_to_ras, name, seeds=seeds, parameters=parameters)
         medseg_s = measure(run, args.repeat)
         peak = peak_memory(run)
