@@ -30,6 +30,7 @@ LEVELS = (1 << 15) - 1
 _FLAG = 1 << 15
 _BLOCK = 64  # queue entries per pooled block (each active level holds one partly filled block)
 _KERNELS = (
+    "_coordinates",
     "_neighbour",
     "_reflect",
     "_q_new",
@@ -37,7 +38,10 @@ _KERNELS = (
     "_q_push",
     "_q_full",
     "_q_pop",
+    "_ring_new",
+    "_ring_push",
     "_ring_grow",
+    "_on_marker_boundary",
     "_marker_boundary",
     "_mark_flooded",
     "_gradient_slices",
@@ -118,6 +122,21 @@ def _q_push(pool, links, free, head, tail, hpos, tpos, state, level, value):
 def _q_full(pool, state):
     """No free block and no unused row left: the next push may need a new block."""
     return state[0] == 0 and state[1] == pool.shape[0]
+
+
+def _ring_new(n):
+    """An empty FIFO (ring, front, queued) for a volume of ``n`` voxels: ring[front], ... wrapping."""
+    return np.empty(max(1 << 16, n >> 8), np.int32), 0, 0
+
+
+def _ring_push(ring, front, queued, value):
+    """Append ``value`` to the FIFO ``ring[front:]`` of ``queued`` entries (wrapping); returns the ring and its
+    front (a larger ring, front 0, when it was full). The caller counts the entry."""
+    if queued == ring.shape[0]:
+        ring = _ring_grow(ring, front, queued)
+        front = 0
+    ring[(front + queued) % ring.shape[0]] = value
+    return ring, front
 
 
 def _ring_grow(ring, front, queued):
@@ -258,6 +277,14 @@ def gradient_levels(
 # Flooding, h-minima, regional minima
 
 
+def _coordinates(p, nx, plane):
+    """(z, y, x) of flat index ``p``."""
+    z = p // plane
+    r = p - z * plane
+    y = r // nx
+    return z, y, r - y * nx
+
+
 def _neighbour(p, z, y, x, nz, ny, nx, plane, which):
     """Index of neighbour ``which`` (ITK's face offsets in order: z-1, y-1, x-1, x+1, y+1, z+1) or -1."""
     if which == 0:
@@ -273,37 +300,31 @@ def _neighbour(p, z, y, x, nz, ny, nx, plane, which):
     return p + plane if z < nz - 1 else -1
 
 
+def _on_marker_boundary(markers, p, nz, ny, nx, plane):
+    """Whether marked voxel ``p`` has an unmarked face neighbour."""
+    z, y, x = _coordinates(p, nx, plane)
+    for which in range(6):
+        q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
+        if q >= 0 and markers[q] == 0:
+            return True
+    return False
+
+
 def _marker_boundary(markers, nz, ny, nx):
     """Flat indices (raster order) of the marker voxels with an unmarked face neighbour: where ITK's
-    flooding starts."""
+    flooding starts. Counted first, so the result is the only allocation."""
     plane = ny * nx
     n = nz * plane
     count = 0
     for p in range(n):
-        if markers[p] != 0:
-            z = p // plane
-            r = p - z * plane
-            y = r // nx
-            x = r - y * nx
-            for which in range(6):
-                q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-                if q >= 0 and markers[q] == 0:
-                    count += 1
-                    break
+        if markers[p] != 0 and _on_marker_boundary(markers, p, nz, ny, nx, plane):
+            count += 1
     found = np.empty(count, np.int32)
     count = 0
     for p in range(n):
-        if markers[p] != 0:
-            z = p // plane
-            r = p - z * plane
-            y = r // nx
-            x = r - y * nx
-            for which in range(6):
-                q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-                if q >= 0 and markers[q] == 0:
-                    found[count] = p
-                    count += 1
-                    break
+        if markers[p] != 0 and _on_marker_boundary(markers, p, nz, ny, nx, plane):
+            found[count] = p
+            count += 1
     return found
 
 
@@ -328,10 +349,7 @@ def _flood(levels, starts, start_levels, nz, ny, nx, nlevels):
         while head[level] >= 0:
             p = _q_pop(pool, links, free, head, tail, hpos, tpos, state, level)
             marker = levels[p]
-            z = p // plane
-            r = p - z * plane
-            y = r // nx
-            x = r - y * nx
+            z, y, x = _coordinates(p, nx, plane)
             for which in range(6):
                 q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
                 if q >= 0:
@@ -348,14 +366,9 @@ def _reconstruct_by_erosion(marker, mask, nz, ny, nx):
     (Vincent's hybrid algorithm: a forward and a backward raster scan, then a FIFO for what is left)."""
     plane = ny * nx
     n = nz * plane
-    ring = np.empty(max(1 << 16, n >> 8), np.int32)  # FIFO: ring[front], ... (queued entries, wrapping)
-    front = 0
-    queued = 0
+    ring, front, queued = _ring_new(n)
     for p in range(n):
-        z = p // plane
-        r = p - z * plane
-        y = r // nx
-        x = r - y * nx
+        z, y, x = _coordinates(p, nx, plane)
         v = marker[p]
         for which in range(3):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
@@ -363,10 +376,7 @@ def _reconstruct_by_erosion(marker, mask, nz, ny, nx):
                 v = marker[q]
         marker[p] = v if v > mask[p] else mask[p]
     for p in range(n - 1, -1, -1):
-        z = p // plane
-        r = p - z * plane
-        y = r // nx
-        x = r - y * nx
+        z, y, x = _coordinates(p, nx, plane)
         v = marker[p]
         for which in range(3, 6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
@@ -378,29 +388,20 @@ def _reconstruct_by_erosion(marker, mask, nz, ny, nx):
         for which in range(3, 6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
             if q >= 0 and marker[q] > v and marker[q] > mask[q]:
-                if queued == ring.shape[0]:
-                    ring = _ring_grow(ring, front, queued)
-                    front = 0
-                ring[(front + queued) % ring.shape[0]] = p
+                ring, front = _ring_push(ring, front, queued, p)
                 queued += 1
                 break
     while queued > 0:
         p = ring[front]
         front = front + 1 if front + 1 < ring.shape[0] else 0
         queued -= 1
-        z = p // plane
-        r = p - z * plane
-        y = r // nx
-        x = r - y * nx
+        z, y, x = _coordinates(p, nx, plane)
         v = marker[p]
         for which in range(6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
             if q >= 0 and marker[q] > v and marker[q] != mask[q]:
                 marker[q] = v if v > mask[q] else mask[q]
-                if queued == ring.shape[0]:
-                    ring = _ring_grow(ring, front, queued)
-                    front = 0
-                ring[(front + queued) % ring.shape[0]] = q
+                ring, front = _ring_push(ring, front, queued, q)
                 queued += 1
 
 
@@ -409,14 +410,9 @@ def _flag_non_minima(values, nz, ny, nx):
     (face connectivity; a flat zone with a lower neighbour anywhere is no minimum; a flat image is one)."""
     plane = ny * nx
     n = nz * plane
-    ring = np.empty(max(1 << 16, n >> 8), np.int32)  # FIFO: ring[front], ... (queued entries, wrapping)
-    front = 0
-    queued = 0
+    ring, front, queued = _ring_new(n)
     for p in range(n):
-        z = p // plane
-        r = p - z * plane
-        y = r // nx
-        x = r - y * nx
+        z, y, x = _coordinates(p, nx, plane)
         v = values[p] & 0x7FFF
         lower = False
         equal = False
@@ -431,28 +427,19 @@ def _flag_non_minima(values, nz, ny, nx):
         if lower:
             values[p] |= 0x8000
             if equal:  # the flag spreads through its flat zone
-                if queued == ring.shape[0]:
-                    ring = _ring_grow(ring, front, queued)
-                    front = 0
-                ring[(front + queued) % ring.shape[0]] = p
+                ring, front = _ring_push(ring, front, queued, p)
                 queued += 1
     while queued > 0:
         p = ring[front]
         front = front + 1 if front + 1 < ring.shape[0] else 0
         queued -= 1
-        z = p // plane
-        r = p - z * plane
-        y = r // nx
-        x = r - y * nx
+        z, y, x = _coordinates(p, nx, plane)
         v = values[p] & 0x7FFF
         for which in range(6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
             if q >= 0 and values[q] == v:  # same level, not yet flagged
                 values[q] |= 0x8000
-                if queued == ring.shape[0]:
-                    ring = _ring_grow(ring, front, queued)
-                    front = 0
-                ring[(front + queued) % ring.shape[0]] = q
+                ring, front = _ring_push(ring, front, queued, q)
                 queued += 1
 
 
