@@ -117,3 +117,29 @@ def test_noise_sd_histogram_equals_float_medians(n) -> None:
     difference = array[0, 0, 1:].astype(np.float32) - array[0, 0, :-1].astype(np.float32)
     mad = float(np.median(np.abs(difference - np.median(difference))))
     assert presets.noise_sd(ctx, np.ones(array.shape, bool)) == 1.4826 * mad / float(np.sqrt(2.0))
+
+
+@pytest.mark.parametrize("radius, multiplier, iterations", [(1, 2.5, 4), (2, 2.0, 3), (0, 3.0, 2), (3, 2.5, 0)])
+def test_confidence_connected_equals_itk(radius, multiplier, iterations) -> None:
+    """MedSeg's run-based confidence connected gives ITK's ConfidenceConnected voxel for voxel (two seeds,
+    boxes that cross the volume border, the zero-radius statistics of the seed values)."""
+    import SimpleITK as sitk
+
+    from MedSegLib.segmentation.region import confidence_connected
+
+    rng = np.random.default_rng(radius)
+    volume = (ndimage.gaussian_filter(rng.normal(size=(20, 30, 40)), 1.0) * 300).astype(np.int16)
+    seeds = np.array([[0, 15, 39], [10, 3, 20]])  # (k, j, i); the first sits on the border
+    expected = sitk.GetArrayFromImage(
+        sitk.ConfidenceConnected(
+            sitk.GetImageFromArray(volume),
+            seedList=[tuple(int(v) for v in seed[::-1]) for seed in seeds],
+            numberOfIterations=iterations,
+            multiplier=multiplier,
+            initialNeighborhoodRadius=radius,
+            replaceValue=1,
+        )
+    ).astype(bool)
+    got = confidence_connected(volume, seeds, radius, multiplier, iterations)
+    assert 20 < expected.sum() < volume.size
+    assert np.array_equal(got, expected)

@@ -135,23 +135,74 @@ def run_region_growing(ctx: SegmentationContext, p: Dict[str, Any]) -> List[Segm
 
 
 def run_confidence_connected(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:
-    import SimpleITK as sitk
-
-    seeds = _seed_list(ctx)
+    _seed_list(ctx)
     radius = max(1, int(round(p["neighborhood_mm"] / float(min(ctx.spacing_ijk)))))
-    grown = sitk.ConfidenceConnected(
-        ctx.image,
-        seedList=seeds,
-        numberOfIterations=int(p["iterations"]),
-        multiplier=float(p["multiplier"]),
-        initialNeighborhoodRadius=radius,
-        replaceValue=1,
+    mask = confidence_connected(
+        ctx.array, ctx.seed_indices()[:, ::-1], radius, float(p["multiplier"]), int(p["iterations"])
     )
-    mask = array_view(grown, bool)
     mask = cut_leaks(mask, ctx, p["leak_radius_mm"])
     mask = ctx.finish(mask)
     require_nonempty(mask, ctx.method_name, "try a larger --multiplier")
     return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
+
+
+def confidence_connected(
+    array: np.ndarray, seeds_kji: np.ndarray, radius: int, multiplier: float, iterations: int
+) -> np.ndarray:
+    """ITK's ConfidenceConnected (face connectivity) with the threshold masks and the flood fills done on
+    runs (``run_components.connected_to_seeds``): the output mask is the only whole-volume array (ITK also
+    keeps a visited-flags image and its output beside the input: ~2x the int16 input).
+
+    As ITK: the first range is mean +/- ``multiplier`` SD over the seeds' (2 ``radius`` + 1)^3 boxes (edge
+    voxels repeated beyond the border), widened to hold every seed's value, clipped to the pixel type and
+    cast to it (truncation); each iteration re-estimates mean and SD (n - 1) over the grown region, stopping
+    early when the SD is zero."""
+    from MedSegLib.segmentation.run_components import connected_to_seeds
+
+    seeds_kji = np.asarray(seeds_kji, dtype=np.int64).reshape(-1, 3)
+    values = array[tuple(seeds_kji.T)].astype(np.float64)
+    if radius > 0:
+        total = sum_of_squares = 0.0
+        for seed in seeds_kji:
+            box = np.ix_(*[np.clip(np.arange(c - radius, c + radius + 1), 0, n - 1) for c, n in zip(seed, array.shape)])
+            neighbourhood = array[box].astype(np.float64)
+            total += float(neighbourhood.mean())
+            sum_of_squares += float((neighbourhood * neighbourhood).sum())
+        count = len(seeds_kji) * (2 * radius + 1) ** 3
+        mean = total / len(seeds_kji)
+        variance = (sum_of_squares - mean * mean * count) / (count - 1.0)
+    else:
+        mean = float(values.sum()) / len(values)
+        variance = (float((values * values).sum()) - float(values.sum()) ** 2 / len(values)) / (len(values) - 1.0)
+    info = np.iinfo(array.dtype) if np.issubdtype(array.dtype, np.integer) else np.finfo(array.dtype)
+
+    def grown(mean: float, variance: float) -> np.ndarray:
+        sd = float(np.sqrt(variance)) if variance > 0 else float("nan") if variance < 0 else 0.0
+        lower = min(mean - multiplier * sd, float(values.min()))
+        upper = max(mean + multiplier * sd, float(values.max()))
+        lower, upper = max(lower, float(info.min)), min(upper, float(info.max))
+        if np.issubdtype(array.dtype, np.integer):  # static_cast to the pixel type truncates toward zero
+            lower, upper = float(np.trunc(lower)), float(np.trunc(upper))
+        inside = postprocess.intersect_by_slab(array >= lower, lambda part: array[part] <= upper)
+        return connected_to_seeds(inside, seeds_kji)
+
+    mask = grown(mean, variance)
+    step = postprocess.slices_per_slab(array)
+    for _ in range(iterations):
+        total = sum_of_squares = 0.0
+        count = 0
+        for start in range(0, array.shape[0], step):
+            sample = array[start : start + step][mask[start : start + step]].astype(np.float64)
+            total += float(sample.sum())
+            sum_of_squares += float((sample * sample).sum())
+            count += sample.size
+        mean = total / count
+        variance = (sum_of_squares - total * total / count) / (count - 1.0)
+        if abs(variance) < 1e-12:
+            break
+        del mask
+        mask = grown(mean, variance)
+    return mask
 
 
 def _seed_balls(ctx: SegmentationContext, radius_mm: float, seeds: Optional[np.ndarray] = None) -> np.ndarray:
