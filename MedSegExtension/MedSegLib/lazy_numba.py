@@ -31,3 +31,14 @@ def compile_kernels_in_place(
         prepare(numba)
     for name in names:
         namespace[name] = numba.njit(cache=True, nogil=True, **options(name))(namespace[name])
+
+
+def compile_parallel_kernels(namespace: Dict[str, Any], names: Sequence[str], parallel: Sequence[str]) -> None:
+    """:func:`compile_kernels_in_place` with ``parallel=True`` for the kernels named in ``parallel``, which
+    loop over ``_prange`` in the module: ``numba.prange`` once compiled, plain ``range`` without numba."""
+    compile_kernels_in_place(
+        namespace,
+        names,
+        options=lambda name: {"parallel": name in parallel},
+        prepare=lambda numba: namespace.update(_prange=numba.prange),
+    )

@@ -104,3 +104,24 @@ def test_flood_rejects_labels_beyond_15_bits() -> None:
     markers[0, 0, 0] = 40000
     with pytest.raises(OverflowError, match="32768"):
         watershed.flood(levels, markers)
+
+
+def test_too_many_minima_fall_back_to_itk_with_the_same_basins(monkeypatch) -> None:
+    """Beyond 32767 regional minima (15-bit labels) the method floods with ITK's filter on the same levels:
+    the same segments as MedSeg's own flooding."""
+    from MedSegLib.sample_data import make_ct_phantom
+    from MedSegLib.segmentation import run_method
+    from MedSegLib.volume_nodes import RAS_FROM_LPS, ijk_to_ras_from_geometry
+
+    phantom = make_ct_phantom((24, 64, 64), (6.0, 3.0, 3.0), seed=2)
+    ijk_to_ras = RAS_FROM_LPS @ ijk_to_ras_from_geometry(phantom.spacing[::-1], np.eye(3), phantom.origin_lps)
+    own = run_method(phantom.hu, ijk_to_ras, "watershed", parameters={"max_segments": 4})
+
+    def overflow(levels, h):
+        raise OverflowError("more than 32767 regional minima")
+
+    monkeypatch.setattr(watershed, "morphological_markers", overflow)
+    itk = run_method(phantom.hu, ijk_to_ras, "watershed", parameters={"max_segments": 4})
+    assert [s.name for s in itk] == [s.name for s in own] and len(own) == 4
+    for mine, theirs in zip(own, itk):
+        assert np.array_equal(mine.mask, theirs.mask)

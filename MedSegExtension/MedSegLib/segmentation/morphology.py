@@ -30,15 +30,9 @@ _KERNELS = ("_row_runs", "_erode_block", "_erode")
 
 def _compile_kernels() -> None:
     """Replace the kernels below by numba-compiled versions on first use (see MedSegLib.lazy_numba)."""
-    from MedSegLib.lazy_numba import compile_kernels_in_place
+    from MedSegLib.lazy_numba import compile_parallel_kernels
 
-    namespace = globals()
-    compile_kernels_in_place(
-        namespace,
-        _KERNELS,
-        options=lambda name: {"parallel": name == "_erode"},
-        prepare=lambda numba: namespace.update(_prange=numba.prange),
-    )
+    compile_parallel_kernels(globals(), _KERNELS, parallel=("_erode",))
 
 
 _prange = range

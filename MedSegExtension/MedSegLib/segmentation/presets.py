@@ -176,6 +176,7 @@ def airway_mask(ctx: SegmentationContext, p: Dict[str, Any], seeds: np.ndarray) 
     last good one wins. Each step is ITK's ConnectedThreshold (face connectivity) on the runs of the
     threshold mask (``run_components.connected_to_seeds``)."""
     from MedSegLib.segmentation.run_components import connected_to_seeds
+    from MedSegLib.segmentation.threshold import threshold_mask
 
     seeds_kji = np.asarray(seeds)[:, ::-1]
     max_voxels = _ml_to_voxels(ctx, p["max_airway_ml"])
@@ -183,7 +184,7 @@ def airway_mask(ctx: SegmentationContext, p: Dict[str, Any], seeds: np.ndarray) 
     best_count = 0
     threshold = float(p["airway_threshold"])
     while threshold <= p["airway_max_threshold"] + 1e-6:
-        lumen = postprocess.intersect_by_slab(ctx.array <= threshold, lambda part: ctx.array[part] >= AIRWAY_LOWER_HU)
+        lumen = threshold_mask(ctx.array, AIRWAY_LOWER_HU, threshold)
         mask = connected_to_seeds(lumen, seeds_kji)
         del lumen
         count = int(np.count_nonzero(mask))

@@ -158,6 +158,7 @@ def confidence_connected(
     cast to it (truncation); each iteration re-estimates mean and SD (n - 1) over the grown region, stopping
     early when the SD is zero."""
     from MedSegLib.segmentation.run_components import connected_to_seeds
+    from MedSegLib.segmentation.threshold import threshold_mask
 
     seeds_kji = np.asarray(seeds_kji, dtype=np.int64).reshape(-1, 3)
     values = array[tuple(seeds_kji.T)].astype(np.float64)
@@ -177,14 +178,13 @@ def confidence_connected(
     info = np.iinfo(array.dtype) if np.issubdtype(array.dtype, np.integer) else np.finfo(array.dtype)
 
     def grown(mean: float, variance: float) -> np.ndarray:
-        sd = float(np.sqrt(variance)) if variance > 0 else float("nan") if variance < 0 else 0.0
+        sd = math.sqrt(variance) if variance >= 0 else float("nan")  # ITK's std::sqrt of a negative: NaN
         lower = min(mean - multiplier * sd, float(values.min()))
         upper = max(mean + multiplier * sd, float(values.max()))
         lower, upper = max(lower, float(info.min)), min(upper, float(info.max))
         if np.issubdtype(array.dtype, np.integer):  # static_cast to the pixel type truncates toward zero
             lower, upper = float(np.trunc(lower)), float(np.trunc(upper))
-        inside = postprocess.intersect_by_slab(array >= lower, lambda part: array[part] <= upper)
-        return connected_to_seeds(inside, seeds_kji)
+        return connected_to_seeds(threshold_mask(array, lower, upper), seeds_kji)
 
     mask = grown(mean, variance)
     step = postprocess.slices_per_slab(array)
@@ -196,6 +196,8 @@ def confidence_connected(
             total += float(sample.sum())
             sum_of_squares += float((sample * sample).sum())
             count += sample.size
+        if count < 2:  # a one-voxel region has no SD (ITK divides by zero here): keep it as it is
+            break
         mean = total / count
         variance = (sum_of_squares - total * total / count) / (count - 1.0)
         if abs(variance) < 1e-12:
@@ -403,9 +405,16 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         if not segments:
             raise UserInputError(f"{ctx.method_name}: every basin is empty")
         return segments
-    handed_over = [watershed.morphological_markers(levels, int(level * scale))[0]]  # truncated, as ITK casts
-    labels = watershed.flood(levels, handed_over)
-    del levels  # ``labels`` is the same array
+    h = int(level * scale)  # truncated, as ITK casts it
+    try:
+        handed_over = [watershed.morphological_markers(levels, h)[0]]
+    except OverflowError:  # more basins than 15-bit labels hold: ITK's filter, same labels, more memory
+        import SimpleITK as sitk
+
+        labels = array_view(sitk.MorphologicalWatershed(sitk.GetImageFromArray(levels), h, False, False))
+    else:
+        labels = watershed.flood(levels, handed_over)
+    del levels  # the flooded labels are the same array
     if groups:  # one seed group: the basins that contain its seeds
         seeds = next(iter(groups.values()))
         wanted = np.unique(labels[seeds[:, 2], seeds[:, 1], seeds[:, 0]])

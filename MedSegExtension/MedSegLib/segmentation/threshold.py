@@ -17,16 +17,17 @@ from MedSegLib.segmentation.params import SEEDS_NONE, Method, Param, check_range
 
 
 def threshold_mask(array: np.ndarray, lower: float | None, upper: float | None) -> np.ndarray:
-    """``lower <= v <= upper`` (either bound may be None = open)."""
+    """``lower <= v <= upper`` (either bound may be None = open); with both bounds the second test is
+    applied a slab at a time, so the output is the only whole-volume mask."""
+    from MedSegLib.segmentation import postprocess
+
     if lower is None and upper is None:
         return np.ones(array.shape, dtype=bool)
     if lower is None:
         return array <= upper
     if upper is None:
         return array >= lower
-    mask = array >= lower
-    mask &= array <= upper
-    return mask
+    return postprocess.intersect_by_slab(array >= lower, lambda part: array[part] <= upper)
 
 
 def run_threshold(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMask]:

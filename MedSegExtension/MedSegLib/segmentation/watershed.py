@@ -54,15 +54,9 @@ _prange = range
 
 
 def _compile_kernels() -> None:
-    from MedSegLib.lazy_numba import compile_kernels_in_place
+    from MedSegLib.lazy_numba import compile_parallel_kernels
 
-    namespace = globals()
-    compile_kernels_in_place(
-        namespace,
-        _KERNELS,
-        options=lambda name: {"parallel": name == "_gradient_slices"},
-        prepare=lambda numba: namespace.update(_prange=numba.prange),
-    )
+    compile_parallel_kernels(globals(), _KERNELS, parallel=("_gradient_slices",))
 
 
 # ----------------------------------------------------------------------------------------------------------
