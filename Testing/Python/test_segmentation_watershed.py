@@ -35,7 +35,8 @@ def test_gradient_levels_are_scipys_gaussian_gradient(monkeypatch, seed) -> None
     volume, (levels, scale) = _levels(seed, spacing=spacing)
     reference = _scipy_gradient(volume, spacing, 1.5)
     assert levels.dtype == np.uint16 and levels.max() <= watershed.LEVELS
-    assert scale == pytest.approx(watershed.LEVELS / (reference.max() + 20.0), rel=1e-5)
+    finest = min(watershed.LEVELS / (reference.max() + 20.0), 255 * watershed.BYTE_ROUNDS / 20.0)
+    assert scale == pytest.approx(finest, rel=1e-5)
     np.testing.assert_allclose(levels / scale, reference, atol=0.5 / scale + 1e-4 * reference.max())
     monkeypatch.setattr(watershed, "SLAB_SLICES", 3)  # slabs with halos give the whole-volume numbers
     assert np.array_equal(watershed.gradient_levels(volume, spacing, 1.5, 20.0)[0], levels)
@@ -50,10 +51,40 @@ def test_morphological_watershed_equals_itk(seed) -> None:
     expected = sitk.GetArrayFromImage(
         sitk.MorphologicalWatershed(sitk.GetImageFromArray(levels), h, markWatershedLine=False, fullyConnected=False)
     )
-    markers, count = watershed.morphological_markers(levels, h)
-    assert count == expected.max() > 3
+    markers = watershed.morphological_markers(levels.copy(), h)
+    assert markers.count == expected.max() > 3
     got = watershed.flood(levels.copy(), [markers])
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("h", [0, 1, 255, 256, 700, 1021, 2000])
+def test_h_minima_in_byte_rounds_equals_itk(h) -> None:
+    """The h-minima transform in rounds of <= 255 (a byte of rise per voxel; one 16-bit round beyond
+    ``BYTE_ROUNDS``) is ITK's HMinima, and its markers flood to ITK's basins."""
+    import SimpleITK as sitk
+
+    _, (levels, scale) = _levels(1)
+    levels = np.minimum(levels.astype(np.int64) * 7, watershed.LEVELS - h).astype(np.uint16)
+    expected = sitk.GetArrayFromImage(sitk.HMinima(sitk.GetImageFromArray(levels), h))
+    transformed = levels.copy()
+    scratch = watershed.h_minima(transformed, h)
+    assert scratch.dtype == (np.uint8 if h <= 255 * watershed.BYTE_ROUNDS else np.uint16)
+    assert np.array_equal(transformed, expected)
+    basins = sitk.GetArrayFromImage(
+        sitk.MorphologicalWatershed(sitk.GetImageFromArray(levels), h, markWatershedLine=False, fullyConnected=False)
+    )
+    got = watershed.flood(levels.copy(), [watershed.morphological_markers(levels.copy(), h)])
+    assert np.array_equal(got, basins) and basins.max() >= 1
+
+
+def test_component_markers_flood_as_the_label_image(monkeypatch) -> None:
+    """Markers streamed from runs a slab at a time (halos of one slice) flood as their label image does."""
+    _, (levels, scale) = _levels(2)
+    markers = watershed.morphological_markers(levels.copy(), int(20.0 * scale))
+    whole = markers.label_slices(0, levels.shape[0])
+    expected = watershed.flood(levels.copy(), whole)
+    monkeypatch.setattr(watershed, "_MARKER_SLAB_VOXELS", levels.shape[1] * levels.shape[2] * 2)
+    assert np.array_equal(watershed.flood(levels.copy(), markers), expected)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -89,8 +120,7 @@ def test_levels_keep_the_basins_of_the_float_gradient() -> None:
     levels, scale = watershed.gradient_levels(phantom.hu, spacing, 2.0, 20.0)
     gradient = sitk.GetImageFromArray(_scipy_gradient(phantom.hu, spacing, 2.0).astype(np.float32))
     exact = sitk.GetArrayFromImage(sitk.MorphologicalWatershed(gradient, 20.0, False, False))
-    markers, _ = watershed.morphological_markers(levels, int(20.0 * scale))
-    ours = watershed.flood(levels, [markers])
+    ours = watershed.flood(levels, [watershed.morphological_markers(levels.copy(), int(20.0 * scale))])
     assert exact.max() == ours.max() > 10
     pairs, counts = np.unique(exact.astype(np.int64) << 32 | ours, return_counts=True)
     agreeing = np.zeros(int(exact.max()) + 1, np.int64)

@@ -380,8 +380,9 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     basins. (The volume border is not used as background: anatomy usually crosses it.)
 
     ITK's algorithms (h-minima markers, flooding) on 15-bit gradient levels in :mod:`watershed`: the
-    whole-volume arrays are the levels and one 16-bit buffer (~2x the int16 input at the peak, against
-    ~21x for SimpleITK's GradientMagnitudeRecursiveGaussian + MorphologicalWatershed).
+    whole-volume arrays are the 16-bit levels and, while markers are found, one byte per voxel (~1.5x the
+    int16 input at the peak, against ~21x for SimpleITK's GradientMagnitudeRecursiveGaussian +
+    MorphologicalWatershed).
     """
     from MedSegLib.segmentation import watershed
 
@@ -407,13 +408,17 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         return segments
     h = int(level * scale)  # truncated, as ITK casts it
     try:
-        handed_over = [watershed.morphological_markers(levels, h)[0]]
+        handed_over = [watershed.morphological_markers(levels, h)]  # levels: now the h-minima transform
     except OverflowError:  # more basins than 15-bit labels hold: ITK's filter, same labels, more memory
+        handed_over = []
+    ctx.report(0.6, "watershed flooding")
+    watershed.fill_gradient_levels(ctx.array, ctx.spacing_ijk, float(p["object_scale_mm"]), scale, levels)
+    if handed_over:
+        labels = watershed.flood(levels, handed_over)
+    else:
         import SimpleITK as sitk
 
         labels = array_view(sitk.MorphologicalWatershed(sitk.GetImageFromArray(levels), h, False, False))
-    else:
-        labels = watershed.flood(levels, handed_over)
     del levels  # the flooded labels are the same array
     if groups:  # one seed group: the basins that contain its seeds
         seeds = next(iter(groups.values()))

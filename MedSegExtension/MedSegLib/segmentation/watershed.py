@@ -1,20 +1,22 @@
 """Memory-lean watershed: Gaussian gradient magnitude on 15-bit levels, ITK's h-minima markers and flooding.
 
-ITK's pipeline (GradientMagnitudeRecursiveGaussian, then MorphologicalWatershed) peaks at ~10x the int16
+ITK's pipeline (GradientMagnitudeRecursiveGaussian, then MorphologicalWatershed) peaks at ~20x the int16
 input on a 512x512x300 CT: a float copy, the recursive filter's float/double buffers, the h-minima image,
-the regional-minima image, a 32-bit marker image and a 32-bit output. Here the whole-volume arrays are the
-uint16 gradient levels and one uint16 buffer that is in turn the h-minima image, the regional-minima
-flags, the minima mask and the basin labels; queues hold only the flooding front.
+the regional-minima image, a 32-bit marker image and a 32-bit output. Here the only whole-volume arrays
+are the uint16 gradient levels (which end up holding the basin labels) and, while the markers are found,
+one byte per voxel: the h-minima transform's difference to the levels, then the minima mask. Markers are
+kept as runs and queues hold only the flooding front (~1.5x the input at the peak).
 
 - Gradient: the magnitude of the derivatives of a Gaussian of ``sigma_mm`` (scipy's
   ``gaussian_gradient_magnitude`` with ``mode="reflect"``, derivatives per mm), computed a slab of slices at
   a time from the input (FIR kernels: the same numbers as for the whole volume), in two passes (the
   maximum, then the levels) so that only a slab of floats exists at once.
-- Levels: rounded to ``0..LEVELS`` with ``LEVELS = 2**15 - 1`` (the top bit of the shared buffer is the
-  regional-minima flag), scaled so that ``gradient max + h`` still fits.
+- Levels: rounded to ``0..LEVELS`` with ``LEVELS = 2**15 - 1`` (the top bit is a flag: regional minima,
+  then flooded), scaled so that ``gradient max + h`` still fits and ``h`` is at most ``255 * BYTE_ROUNDS``.
 - Markers: ITK's MorphologicalWatershed: regional minima (face connectivity) of the h-minima transform
-  (reconstruction by erosion of ``levels + h`` over ``levels``), labelled in raster order as ITK's
-  ConnectedComponent does.
+  (reconstruction by erosion of ``levels + h`` over ``levels``, computed in the levels' own memory in
+  rounds of at most 255 with a byte of rise per voxel), numbered in raster order as ITK's
+  ConnectedComponent does. The levels are then computed again from the input for the flooding.
 - Flooding: ITK's MorphologicalWatershedFromMarkers without watershed lines (Beucher's variant: a
   hierarchical queue per level, FIFO within a level, neighbours in ITK's offset order), so the labels are
   ITK's, voxel for voxel, on the same levels (tested).
@@ -22,12 +24,17 @@ flags, the minima mask and the basin labels; queues hold only the flooding front
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from MedSegLib.segmentation.run_components import RunComponents
+
 LEVELS = (1 << 15) - 1
+BYTE_ROUNDS = 4  # h-minima in rounds of <= 255 levels (a byte per voxel) up to this many, else one 16-bit round
 _FLAG = 1 << 15
+_MARKER_SLAB_VOXELS = 1 << 20  # int32 marker labels painted at once (4 MiB)
 _BLOCK = 64  # queue entries per pooled block (each active level holds one partly filled block)
 _KERNELS = (
     "_coordinates",
@@ -41,14 +48,12 @@ _KERNELS = (
     "_ring_new",
     "_ring_push",
     "_ring_grow",
-    "_on_marker_boundary",
-    "_marker_boundary",
-    "_mark_flooded",
+    "_queue_marker_slices",
     "_gradient_slices",
     "_flood",
     "_reconstruct_by_erosion",
     "_flag_non_minima",
-    "_compact_minima",
+    "_minima_bytes",
 )
 _prange = range
 
@@ -241,7 +246,9 @@ def gradient_levels(
     array: np.ndarray, spacing_ijk: Sequence[float], sigma_mm: float, level: float = 0.0
 ) -> Tuple[np.ndarray, float]:
     """(uint16 levels of the gradient magnitude, levels per gradient unit). The scale puts the gradient's
-    maximum plus ``level`` at ``LEVELS``, so ``levels + round(level * scale)`` fits in 15 bits.
+    maximum plus ``level`` at ``LEVELS`` (so ``levels + int(level * scale)`` fits in 15 bits), or ``level`` at
+    ``255 * BYTE_ROUNDS`` levels if that is coarser (so the h-minima transform takes at most
+    ``BYTE_ROUNDS`` rounds of a byte per voxel; the basins of the float gradient are kept, tested).
 
     Two passes of slabs (the maximum, then the levels), so only ``SLAB_SLICES`` float slices exist at once."""
     _compile_kernels()
@@ -255,7 +262,30 @@ def gradient_levels(
         _gradient_slices(array, k0, k1, *kernels, buffer)
         top = max(top, float(buffer[: k1 - k0].max()))
     scale = LEVELS / (top + float(level)) if top + float(level) > 0 else 1.0
+    if level > 0:  # h within BYTE_ROUNDS byte rounds: steps of level / 1020 still kept apart
+        scale = min(scale, 255 * BYTE_ROUNDS / float(level))
     levels = np.empty(array.shape, dtype=np.uint16)
+    fill_gradient_levels(array, spacing_ijk, sigma_mm, scale, levels, buffer)
+    return levels, scale
+
+
+def fill_gradient_levels(
+    array: np.ndarray,
+    spacing_ijk: Sequence[float],
+    sigma_mm: float,
+    scale: float,
+    levels: np.ndarray,
+    buffer: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """``levels`` (uint16, the shape of ``array``) = the gradient magnitude x ``scale``, rounded, at most
+    ``LEVELS``: the second pass of :func:`gradient_levels`, also how the levels are made again after the
+    h-minima transform has used their memory."""
+    _compile_kernels()
+    sx, sy, sz = (float(s) for s in spacing_ijk)
+    kernels = (*_kernels_mm(sigma_mm, sz), *_kernels_mm(sigma_mm, sy), *_kernels_mm(sigma_mm, sx))
+    depth = array.shape[0]
+    if buffer is None:
+        buffer = np.empty((min(SLAB_SLICES, depth), *array.shape[1:]), dtype=np.float32)
     for k0 in range(0, depth, SLAB_SLICES):
         k1 = min(depth, k0 + SLAB_SLICES)
         _gradient_slices(array, k0, k1, *kernels, buffer)
@@ -264,7 +294,7 @@ def gradient_levels(
         np.add(part, 0.5, out=part)
         np.minimum(part, LEVELS, out=part)
         levels[k0:k1] = part  # truncation of x * scale + 0.5: rounding
-    return levels, scale
+    return levels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -294,51 +324,38 @@ def _neighbour(p, z, y, x, nz, ny, nx, plane, which):
     return p + plane if z < nz - 1 else -1
 
 
-def _on_marker_boundary(markers, p, nz, ny, nx, plane):
-    """Whether marked voxel ``p`` has an unmarked face neighbour."""
-    z, y, x = _coordinates(p, nx, plane)
-    for which in range(6):
-        q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-        if q >= 0 and markers[q] == 0:
-            return True
-    return False
-
-
-def _marker_boundary(markers, nz, ny, nx):
-    """Flat indices (raster order) of the marker voxels with an unmarked face neighbour: where ITK's
-    flooding starts. Counted first, so the result is the only allocation."""
+def _queue_marker_slices(levels, labels, first, k0, k1, nz, ny, nx, queue):
+    """Slices ``k0 <= k < k1`` of the marker image ``labels`` (which holds slices ``first ..`` with a face
+    neighbour's slice on each side where the volume has one): each marker voxel with an unmarked face
+    neighbour is queued at its level (raster order: where ITK's flooding starts), then every marker voxel
+    becomes ``_FLAG | label`` in ``levels`` (a flooded voxel's level is never read again). Returns the
+    queue (its pool may have grown)."""
+    pool, links, free, head, tail, hpos, tpos, state = queue
     plane = ny * nx
-    n = nz * plane
-    count = 0
-    for p in range(n):
-        if markers[p] != 0 and _on_marker_boundary(markers, p, nz, ny, nx, plane):
-            count += 1
-    found = np.empty(count, np.int32)
-    count = 0
-    for p in range(n):
-        if markers[p] != 0 and _on_marker_boundary(markers, p, nz, ny, nx, plane):
-            found[count] = p
-            count += 1
-    return found
+    flat = labels.reshape(-1)
+    offset = first * plane
+    for p in range(k0 * plane, k1 * plane):
+        label = flat[p - offset]
+        if label == 0:
+            continue
+        z, y, x = _coordinates(p, nx, plane)
+        for which in range(6):
+            q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
+            if q >= 0 and flat[q - offset] == 0:
+                if _q_full(pool, state):
+                    pool, links, free = _q_grow(pool, links, free)
+                _q_push(pool, links, free, head, tail, hpos, tpos, state, levels[p], p)
+                break
+        levels[p] = _FLAG | label
+    return pool, links, free, head, tail, hpos, tpos, state
 
 
-def _mark_flooded(levels, markers):
-    """``levels[p] = _FLAG | markers[p]`` where marked (a flooded voxel's level is never read again)."""
-    for p in range(levels.shape[0]):
-        if markers[p] != 0:
-            levels[p] = _FLAG | markers[p]
-
-
-def _flood(levels, starts, start_levels, nz, ny, nx, nlevels):
+def _flood(levels, queue, nz, ny, nx, nlevels):
     """ITK MorphologicalWatershedFromMarkers (no watershed line, face connectivity, Beucher's variant), in
-    place on the flat ``levels`` whose marker voxels already hold ``_FLAG | label``: ``starts`` are the
-    marker boundary voxels in raster order with their original ``start_levels`` (ITK queues them so)."""
+    place on the flat ``levels`` whose marker voxels already hold ``_FLAG | label``, from the ``queue`` of
+    marker boundary voxels (:func:`_queue_marker_slices`)."""
+    pool, links, free, head, tail, hpos, tpos, state = queue
     plane = ny * nx
-    pool, links, free, head, tail, hpos, tpos, state = _q_new(nlevels, max(1 << 16, starts.shape[0] * 2))
-    for index in range(starts.shape[0]):
-        if _q_full(pool, state):
-            pool, links, free = _q_grow(pool, links, free)
-        _q_push(pool, links, free, head, tail, hpos, tpos, state, start_levels[index], starts[index])
     for level in range(nlevels):
         while head[level] >= 0:
             p = _q_pop(pool, links, free, head, tail, hpos, tpos, state, level)
@@ -355,33 +372,39 @@ def _flood(levels, starts, start_levels, nz, ny, nx, nlevels):
                         _q_push(pool, links, free, head, tail, hpos, tpos, state, level if v <= level else v, q)
 
 
-def _reconstruct_by_erosion(marker, mask, nz, ny, nx):
-    """In place on the flat ``marker`` (>= ``mask``): its geodesic reconstruction by erosion over ``mask``
-    (Vincent's hybrid algorithm: a forward and a backward raster scan, then a FIFO for what is left)."""
+def _reconstruct_by_erosion(rise, levels, nz, ny, nx):
+    """In place on the flat ``rise`` (uint8 or uint16, ``h`` everywhere on entry): ``levels + rise``
+    becomes the geodesic reconstruction by erosion of ``levels + h`` over ``levels`` (Vincent's hybrid
+    algorithm: a forward and a backward raster scan, then a FIFO for what is left). Only the rise above
+    ``levels`` is stored: it stays in ``0..h``."""
     plane = ny * nx
     n = nz * plane
     ring, front, queued = _ring_new(n)
     for p in range(n):
         z, y, x = _coordinates(p, nx, plane)
-        v = marker[p]
+        v = np.int64(levels[p]) + rise[p]
         for which in range(3):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-            if q >= 0 and marker[q] < v:
-                v = marker[q]
-        marker[p] = v if v > mask[p] else mask[p]
+            if q >= 0:
+                w = np.int64(levels[q]) + rise[q]
+                if w < v:
+                    v = w
+        rise[p] = v - levels[p] if v > levels[p] else 0
     for p in range(n - 1, -1, -1):
         z, y, x = _coordinates(p, nx, plane)
-        v = marker[p]
+        v = np.int64(levels[p]) + rise[p]
         for which in range(3, 6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-            if q >= 0 and marker[q] < v:
-                v = marker[q]
-        if v < mask[p]:
-            v = mask[p]
-        marker[p] = v
+            if q >= 0:
+                w = np.int64(levels[q]) + rise[q]
+                if w < v:
+                    v = w
+        if v < levels[p]:
+            v = levels[p]
+        rise[p] = v - levels[p]
         for which in range(3, 6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-            if q >= 0 and marker[q] > v and marker[q] > mask[q]:
+            if q >= 0 and rise[q] > 0 and np.int64(levels[q]) + rise[q] > v:
                 ring, front = _ring_push(ring, front, queued, p)
                 queued += 1
                 break
@@ -390,11 +413,11 @@ def _reconstruct_by_erosion(marker, mask, nz, ny, nx):
         front = front + 1 if front + 1 < ring.shape[0] else 0
         queued -= 1
         z, y, x = _coordinates(p, nx, plane)
-        v = marker[p]
+        v = np.int64(levels[p]) + rise[p]
         for which in range(6):
             q = _neighbour(p, z, y, x, nz, ny, nx, plane, which)
-            if q >= 0 and marker[q] > v and marker[q] != mask[q]:
-                marker[q] = v if v > mask[q] else mask[q]
+            if q >= 0 and rise[q] > 0 and np.int64(levels[q]) + rise[q] > v:
+                rise[q] = v - levels[q] if v > levels[q] else 0
                 ring, front = _ring_push(ring, front, queued, q)
                 queued += 1
 
@@ -437,65 +460,91 @@ def _flag_non_minima(values, nz, ny, nx):
                 queued += 1
 
 
-def _compact_minima(values, as_bytes):
-    """In place: byte ``p`` of the buffer = 1 where ``values[p]`` (uint16, the same memory) is unflagged.
-    Byte ``p`` lies at or before the first byte of element ``p``: nothing is overwritten before it is read."""
+def _minima_bytes(values, as_bytes):
+    """``as_bytes[p] = 1`` where ``values[p]`` is unflagged (a regional-minimum voxel), else 0."""
     for p in range(values.shape[0]):
         as_bytes[p] = 1 if values[p] < 0x8000 else 0
 
 
-def morphological_markers(levels: np.ndarray, h: int) -> Tuple[np.ndarray, int]:
-    """(uint16 labels, count): ITK's MorphologicalWatershed markers - the regional minima of the h-minima
-    transform of ``levels`` (15-bit uint16, ``levels + h`` within 15 bits), face-connected components
-    numbered as ITK's ConnectedComponent. One uint16 buffer is in turn the h-minima image, the flags, the
-    minima mask and the labels. Raises ``OverflowError`` beyond 32767 minima (the flooding's label range)."""
+def h_minima(levels: np.ndarray, h: int) -> np.ndarray:
+    """In place: ``levels`` (15-bit uint16, ``levels + h`` within 15 bits) becomes ITK's h-minima transform
+    of itself (reconstruction by erosion of ``levels + h`` over ``levels``). Returns the scratch array
+    beside it (uint8 unless ``h`` needs more than ``BYTE_ROUNDS`` rounds), for the caller to reuse.
+
+    Only the rise above ``levels`` is stored, in rounds of at most 255: the h-minima transform of the
+    h1-minima transform is the (h1 + h2)-minima transform (each lake is filled h1 more, up to its spill
+    level; tested against ITK), so a byte per voxel carries any ``h`` in a few rounds."""
+    _compile_kernels()
+    nz, ny, nx = levels.shape
+    flat_levels = levels.reshape(-1)
+    h = max(0, int(h))
+    rise_type = np.uint8 if h <= 255 * BYTE_ROUNDS else np.uint16
+    rise = np.empty(levels.shape, dtype=rise_type)
+    flat = rise.reshape(-1)
+    remaining = h
+    while remaining > 0:
+        step = min(remaining, int(np.iinfo(rise_type).max))
+        flat.fill(step)
+        _reconstruct_by_erosion(flat, flat_levels, nz, ny, nx)
+        np.add(flat_levels, flat, out=flat_levels)
+        remaining -= step
+    return rise
+
+
+def morphological_markers(levels: np.ndarray, h: int) -> RunComponents:
+    """ITK's MorphologicalWatershed markers - the regional minima of the h-minima transform of ``levels``
+    (15-bit uint16, ``levels + h`` within 15 bits) - as face-connected components numbered as ITK's
+    ConnectedComponent (:class:`run_components.RunComponents`: runs, not a label image).
+
+    ``levels`` is overwritten by the h-minima transform (with ``h = 0`` it keeps its values): flood the
+    markers over the levels made again (:func:`fill_gradient_levels`) or over a copy. The only other
+    whole-volume array is one byte per voxel (:func:`h_minima`'s rise, then the minima mask). Raises
+    ``OverflowError`` beyond 32767 minima (the flooding's label range)."""
     from MedSegLib.segmentation.run_components import run_components
 
     _compile_kernels()
     nz, ny, nx = levels.shape
     flat_levels = levels.reshape(-1)
-    buffer = np.empty(levels.shape, dtype=np.uint16)
-    flat = buffer.reshape(-1)
-    if h > 0:
-        np.add(flat_levels, np.uint16(h), out=flat)
-        _reconstruct_by_erosion(flat, flat_levels, nz, ny, nx)
-    else:
-        flat[:] = flat_levels
-    _flag_non_minima(flat, nz, ny, nx)
-    as_bytes = flat.view(np.uint8)
-    _compact_minima(flat, as_bytes)
-    # Components from the runs of the minima mask (few: minima are flat zones), then the labels overwrite
-    # the buffer slab by slab - the runs no longer need the mask.
-    components = run_components(as_bytes[: flat.size].view(bool).reshape(levels.shape))
-    count = components.count
-    if count >= _FLAG:
-        raise OverflowError(f"{count} regional minima: more than the 32767 labels the flooding holds")
-    step = max(1, (1 << 20) // max(1, ny * nx))  # int32 label slabs of ~4 MiB
-    for k0 in range(0, nz, step):
-        k1 = min(nz, k0 + step)
-        buffer[k0:k1] = components.label_slices(k0, k1)
-    return buffer, count
+    scratch = h_minima(levels, h)
+    _flag_non_minima(flat_levels, nz, ny, nx)
+    as_bytes = scratch.reshape(-1).view(np.uint8)[: flat_levels.size]  # reads ``levels`` only
+    _minima_bytes(flat_levels, as_bytes)
+    np.bitwise_and(flat_levels, np.uint16(_FLAG - 1), out=flat_levels)
+    components = run_components(as_bytes.view(bool).reshape(levels.shape))
+    del scratch, as_bytes
+    if components.count >= _FLAG:
+        raise OverflowError(f"{components.count} regional minima: more than the 32767 labels the flooding holds")
+    return components
 
 
-def flood(levels: np.ndarray, markers: Union[np.ndarray, List[np.ndarray]]) -> np.ndarray:
+def flood(levels: np.ndarray, markers: Union[np.ndarray, RunComponents, List[Any]]) -> np.ndarray:
     """Flood ``markers`` (labels 1..32767, 0 = none) over ``levels`` (15-bit uint16): the labels are written
-    into ``levels``, which is returned (uint16 labels). Pass ``[markers]`` (the only reference, taken out
-    of the list here) to free the markers once the start voxels are listed: the flooding itself needs only
-    ``levels`` and its queue."""
+    into ``levels``, which is returned (uint16 labels). ``markers`` is a label image or the components of
+    :func:`morphological_markers` (their labels are painted a slab at a time, never as a whole image).
+    Pass ``[markers]`` (the only reference, taken out of the list here) to free the markers once their
+    boundary is queued: the flooding itself needs only ``levels`` and its queue."""
+    from MedSegLib.segmentation.run_components import RunComponents
+
     _compile_kernels()
-    if isinstance(markers, list):
-        marker_array = markers.pop()
-    else:
-        marker_array = markers
-    if int(marker_array.max(initial=0)) >= _FLAG:
-        raise OverflowError("marker labels must be below 32768")
+    marker_source = markers.pop() if isinstance(markers, list) else markers
     nz, ny, nx = levels.shape
     flat = levels.reshape(-1)
     nlevels = int(flat.max(initial=0)) + 1
-    starts = _marker_boundary(marker_array.reshape(-1), nz, ny, nx)
-    start_levels = flat[starts]
-    _mark_flooded(flat, marker_array.reshape(-1))
-    del marker_array, markers
-    _flood(flat, starts, start_levels, nz, ny, nx, nlevels)
+    queue = _q_new(nlevels, 1 << 16)
+    if isinstance(marker_source, RunComponents):
+        if marker_source.count >= _FLAG:
+            raise OverflowError("marker labels must be below 32768")
+        step = max(1, _MARKER_SLAB_VOXELS // max(1, ny * nx))
+        for k0 in range(0, nz, step):
+            k1 = min(nz, k0 + step)
+            first = max(0, k0 - 1)
+            slab = marker_source.label_slices(first, k1 + 1)
+            queue = _queue_marker_slices(flat, slab, first, k0, k1, nz, ny, nx, queue)
+    else:
+        if int(marker_source.max(initial=0)) >= _FLAG:
+            raise OverflowError("marker labels must be below 32768")
+        queue = _queue_marker_slices(flat, np.ascontiguousarray(marker_source), 0, 0, nz, nz, ny, nx, queue)
+    del marker_source, markers
+    _flood(flat, queue, nz, ny, nx, nlevels)
     np.bitwise_and(flat, np.uint16(_FLAG - 1), out=flat)
     return levels
