@@ -143,9 +143,10 @@ def test_contrast_ct_liver_and_bone(contrast):
     (12 k voxels, median 133 HU), discs between osteophyte rims, the contrast-filled aorta and vessels,
     and a surface one voxel outside the reference's.
     No threshold serves both resolutions: a lower bound of 180 HU gives this series 0.78 and the 3 mm scans
-    0.68 / 0.78; a half-maximum edge refinement 0.72 and 0.87 / 0.84. Of the preset's outermost voxels at >= 300 HU (cortex by any definition) only ~45 % are in
-    the reference, and of voxels two or more voxels deep at >= 700 HU only 92 %. A look-up oracle that knows,
-    for each (HU bin x signed distance to the preset's surface) cell, whether the reference includes it more
+    0.68 / 0.78; a half-maximum edge refinement 0.72 and 0.87 / 0.84.
+    Of the preset's outermost voxels at >= 300 HU (cortex by any definition) only ~45 % are in the
+    reference, and of voxels two or more voxels deep at >= 700 HU only 92 %. A look-up oracle that knows, for
+    each (HU bin x signed distance to the preset's surface) cell, whether the reference includes it more
     often than not, reaches Dice 0.76: no intensity/distance rule can reach 0.85 against this reference.
     The 3 mm scans (same model, its native resolution) reach 0.88-0.89."""
     from MedSegLib.segmentation import run_method
