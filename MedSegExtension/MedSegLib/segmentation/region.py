@@ -426,10 +426,7 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
         mask = ctx.finish(np.isin(labels, wanted[wanted > 0]))
         require_nonempty(mask, ctx.method_name)
         return [SegmentMask(p["segment_name"], mask, p.get("terminology") or None)]
-    counts = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
-    step = postprocess.slices_per_slab(labels)  # np.bincount of the whole would copy it to int64 first
-    for start in range(0, labels.shape[0], step):
-        counts += np.bincount(labels[start : start + step].reshape(-1), minlength=counts.size)
+    counts = postprocess.label_sizes(labels)
     counts[0] = 0
     order = [int(value) for value in np.argsort(counts)[::-1][: int(p["max_segments"])] if counts[value] > 0]
     if not order:
@@ -437,6 +434,7 @@ def run_watershed(ctx: SegmentationContext, p: Dict[str, Any]) -> List[SegmentMa
     lookup = np.zeros(counts.size, dtype=np.uint8 if len(order) < 256 else np.uint16)
     lookup[order] = np.arange(1, len(order) + 1)
     kept = np.empty(ctx.shape, dtype=lookup.dtype)  # basin n of the result = the n-th largest
+    step = postprocess.slices_per_slab(labels)
     for start in range(0, labels.shape[0], step):  # slab-wise: fancy indexing makes an int64 index copy
         kept[start : start + step] = lookup[labels[start : start + step]]
     del labels

@@ -47,6 +47,7 @@ _KERNELS = (
     "_q_pop",
     "_ring_new",
     "_ring_push",
+    "_ring_pop",
     "_ring_grow",
     "_queue_marker_slices",
     "_gradient_slices",
@@ -136,6 +137,11 @@ def _ring_push(ring, front, queued, value):
         front = 0
     ring[(front + queued) % ring.shape[0]] = value
     return ring, front
+
+
+def _ring_pop(ring, front):
+    """(first entry, new front) of the non-empty FIFO at ``ring[front]``; the caller uncounts the entry."""
+    return ring[front], front + 1 if front + 1 < ring.shape[0] else 0
 
 
 def _ring_grow(ring, front, queued):
@@ -242,6 +248,17 @@ def _kernels_mm(sigma_mm: float, spacing: float, truncate: float = 4.0) -> Tuple
 SLAB_SLICES = 16  # float slices computed at once (and the parallel width)
 
 
+def _axis_kernels(spacing_ijk: Sequence[float], sigma_mm: float) -> Tuple[np.ndarray, ...]:
+    """(smooth, derivative) kernel pairs for z, y, x: the kernel arguments of :func:`_gradient_slices`."""
+    sx, sy, sz = (float(s) for s in spacing_ijk)
+    return (*_kernels_mm(sigma_mm, sz), *_kernels_mm(sigma_mm, sy), *_kernels_mm(sigma_mm, sx))
+
+
+def _slab_buffer(array: np.ndarray) -> np.ndarray:
+    """The float32 slab that :func:`_gradient_slices` writes: ``SLAB_SLICES`` slices of ``array``."""
+    return np.empty((min(SLAB_SLICES, array.shape[0]), *array.shape[1:]), dtype=np.float32)
+
+
 def gradient_levels(
     array: np.ndarray, spacing_ijk: Sequence[float], sigma_mm: float, level: float = 0.0
 ) -> Tuple[np.ndarray, float]:
@@ -252,10 +269,9 @@ def gradient_levels(
 
     Two passes of slabs (the maximum, then the levels), so only ``SLAB_SLICES`` float slices exist at once."""
     _compile_kernels()
-    sx, sy, sz = (float(s) for s in spacing_ijk)
-    kernels = (*_kernels_mm(sigma_mm, sz), *_kernels_mm(sigma_mm, sy), *_kernels_mm(sigma_mm, sx))
+    kernels = _axis_kernels(spacing_ijk, sigma_mm)
     depth = array.shape[0]
-    buffer = np.empty((min(SLAB_SLICES, depth), *array.shape[1:]), dtype=np.float32)
+    buffer = _slab_buffer(array)
     top = 0.0
     for k0 in range(0, depth, SLAB_SLICES):
         k1 = min(depth, k0 + SLAB_SLICES)
@@ -281,11 +297,9 @@ def fill_gradient_levels(
     ``LEVELS``: the second pass of :func:`gradient_levels`, also how the levels are made again after the
     h-minima transform has used their memory."""
     _compile_kernels()
-    sx, sy, sz = (float(s) for s in spacing_ijk)
-    kernels = (*_kernels_mm(sigma_mm, sz), *_kernels_mm(sigma_mm, sy), *_kernels_mm(sigma_mm, sx))
+    kernels = _axis_kernels(spacing_ijk, sigma_mm)
     depth = array.shape[0]
-    if buffer is None:
-        buffer = np.empty((min(SLAB_SLICES, depth), *array.shape[1:]), dtype=np.float32)
+    buffer = _slab_buffer(array) if buffer is None else buffer
     for k0 in range(0, depth, SLAB_SLICES):
         k1 = min(depth, k0 + SLAB_SLICES)
         _gradient_slices(array, k0, k1, *kernels, buffer)
@@ -409,8 +423,7 @@ def _reconstruct_by_erosion(rise, levels, nz, ny, nx):
                 queued += 1
                 break
     while queued > 0:
-        p = ring[front]
-        front = front + 1 if front + 1 < ring.shape[0] else 0
+        p, front = _ring_pop(ring, front)
         queued -= 1
         z, y, x = _coordinates(p, nx, plane)
         v = np.int64(levels[p]) + rise[p]
@@ -447,8 +460,7 @@ def _flag_non_minima(values, nz, ny, nx):
                 ring, front = _ring_push(ring, front, queued, p)
                 queued += 1
     while queued > 0:
-        p = ring[front]
-        front = front + 1 if front + 1 < ring.shape[0] else 0
+        p, front = _ring_pop(ring, front)
         queued -= 1
         z, y, x = _coordinates(p, nx, plane)
         v = values[p] & 0x7FFF
